@@ -1,0 +1,5 @@
+import sys
+
+from modulm.cli import main
+
+sys.exit(main())
