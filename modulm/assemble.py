@@ -1,0 +1,76 @@
+"""From validated recipe tables to live components. The CLI, Python users and tests share it.
+
+* :func:`builder` turns one component table (or a bare name) into a :class:`ComponentBuilder`:
+  its recipe parameters validated and defaults filled, nested components turned into builders,
+  waiting only for the injected keyword-only arguments.
+* :func:`create` does that and builds it at once.
+* :func:`assemble` builds a whole recipe (see :mod:`modulm.recipe`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from modulm.errors import RecipeError
+from modulm.registry import Component, Registry
+
+
+@dataclass
+class ComponentBuilder:
+    """A component with its recipe parameters bound; call it with the injected arguments."""
+
+    component: Component
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.component.name
+
+    @property
+    def kind(self) -> str:
+        return self.component.kind
+
+    def __call__(self, **injected: Any) -> Any:
+        schema = self.component.schema
+        if not schema.accepts_any:
+            injected = {k: v for k, v in injected.items() if k in schema.injected}
+        return self.component.factory(**self.params, **injected)
+
+    def to_table(self) -> dict[str, Any]:
+        """The resolved recipe table: ``component`` plus every parameter (nested ones as tables)."""
+        table: dict[str, Any] = {"component": self.name}
+        for key, value in self.params.items():
+            table[key] = _resolved(value)
+        return table
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name!r} from {self.component.plugin!r} {self.params}>"
+
+
+def _resolved(value: Any) -> Any:
+    if isinstance(value, ComponentBuilder):
+        return value.to_table()
+    if isinstance(value, list):
+        return [_resolved(v) for v in value]
+    return value
+
+
+def builder(registry: Registry, kind: str, spec: str | Mapping[str, Any], *, source: str = "<python>", path: str = "") -> ComponentBuilder:
+    """Validate ``spec`` (a name or a table with ``component``) against the registry and bind it.
+
+    Raises :class:`RecipeError` listing every problem found at any depth.
+    """
+    from modulm.recipe import bind_component  # recipe validation owns the rules
+
+    problems: list[str] = []
+    bound = bind_component(registry, kind, spec, source=source, path=path or kind, problems=problems)
+    if problems:
+        raise RecipeError(problems)
+    assert bound is not None
+    return bound
+
+
+def create(registry: Registry, kind: str, spec: str | Mapping[str, Any], **injected: Any) -> Any:
+    """Build one component: ``create(reg, "ffn", {"component": "swiglu"}, d_model=64, d_ff=None)``."""
+    return builder(registry, kind, spec)(**injected)
