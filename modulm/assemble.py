@@ -74,3 +74,18 @@ def builder(registry: Registry, kind: str, spec: str | Mapping[str, Any], *, sou
 def create(registry: Registry, kind: str, spec: str | Mapping[str, Any], **injected: Any) -> Any:
     """Build one component: ``create(reg, "ffn", {"component": "swiglu"}, d_model=64, d_ff=None)``."""
     return builder(registry, kind, spec)(**injected)
+
+
+def resolved_recipe(bound: Mapping[str, Any]) -> dict[str, Any]:
+    """The bound top level of a recipe as plain data: every default filled in, ready for TOML."""
+    import dataclasses
+
+    from modulm.validate import settings_table
+
+    out: dict[str, Any] = {}
+    for key, value in bound.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, ComponentBuilder):
+            out[key] = settings_table(value)
+        elif value is not None:
+            out[key] = _resolved(value)
+    return out

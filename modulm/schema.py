@@ -22,6 +22,8 @@ class Param:
     default: Any = REQUIRED  # REQUIRED when the recipe must set it
     types: tuple[type, ...] | None = None  # accepted simple types; None = not checked
     nested: NestedKind | None = None  # set when the value is a nested component
+    settings: type | None = None  # set when the value is a settings table (a dataclass)
+    choices: tuple | None = None  # the allowed values of a Literal annotation
     doc: str = ""
 
     @property
@@ -29,6 +31,8 @@ class Param:
         return self.default is REQUIRED
 
     def type_name(self) -> str:
+        if self.settings is not None:
+            return "table"
         if self.nested is not None:
             return f"{self.nested.kind}[]" if self.nested.many else self.nested.kind
         if not self.types:
@@ -134,6 +138,8 @@ def schema_of(factory: Callable) -> Schema:
                 default=p.default,
                 types=_simple_types(annotation),
                 nested=_nested_marker(annotation),
+                choices=literal_choices(annotation),
+                settings=annotation if dataclasses.is_dataclass(annotation) and isinstance(annotation, type) else None,
                 doc=_param_doc(factory, p.name),
             )
         )

@@ -1,0 +1,58 @@
+"""From-scratch attention primitives: a stable softmax, scaled dot-product attention and SiLU.
+
+Plain tensor ops only (no ``torch.nn.functional``), so the built-in transformer's reference path
+shows every step of the computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax of ``x`` along ``dim``, stable for any finite input.
+
+    Subtracting the maximum first leaves the result unchanged (softmax is shift-invariant) and
+    keeps ``exp`` from overflowing, so huge inputs give finite probabilities that sum to 1.
+    Entries equal to ``-inf`` get probability 0 as long as one entry of the slice is finite.
+    """
+    shifted = x - x.amax(dim=dim, keepdim=True)
+    exps = torch.exp(shifted)
+    return exps / exps.sum(dim=dim, keepdim=True)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``softmax(q kᵀ / sqrt(d_k)) v`` over any leading batch dims.
+
+    ``q``: ``(..., n, d_k)``, ``k``: ``(..., m, d_k)``, ``v``: ``(..., m, d_v)``; returns
+    ``(..., n, d_v)`` in ``q``'s dtype. ``mask`` is boolean, broadcastable to ``(..., n, m)``;
+    ``True`` means the query attends to the key. Every query must attend to at least one key.
+    Scores and probabilities are computed in float32 for half-precision inputs.
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).to(q.dtype)
+
+
+def silu(x: Tensor) -> Tensor:
+    """SiLU (swish): ``x * sigmoid(x)``."""
+    return x * torch.sigmoid(x)
+
+
+def causal_mask(num_queries: int, num_keys: int | None = None, device: torch.device | str | None = None) -> Tensor:
+    """Boolean ``(num_queries, num_keys)`` mask, ``True`` where a query may attend.
+
+    The queries are the last ``num_queries`` positions of a sequence of ``num_keys`` keys (the
+    shape a KV cache gives), so query ``i`` sees keys ``j <= i + num_keys - num_queries``.
+    """
+    num_keys = num_queries if num_keys is None else num_keys
+    q_pos = torch.arange(num_keys - num_queries, num_keys, device=device)
+    k_pos = torch.arange(num_keys, device=device)
+    return k_pos[None, :] <= q_pos[:, None]

@@ -1,0 +1,194 @@
+"""TOML recipes: loading with ``extends`` and overrides, and validation against the registry.
+
+A recipe is data. :func:`load_recipe` reads a file (following ``extends``), applies command-line
+overrides, and remembers which file (or the command line) every value came from, so that each
+problem :func:`validate` finds names its file, TOML path, component and plugin. Nothing is built
+until the whole recipe is valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from modulm.errors import ModulmError, RecipeError
+from modulm.settings import META_KEYS, recipe_schema
+from modulm.validate import bind_component, bind_settings, bind_table
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+COMMAND_LINE = "<command line>"
+
+__all__ = ["Recipe", "load_recipe", "recipe_from_dict", "parse_override", "apply_override", "deep_merge",
+           "bind_component", "bind_settings", "validate"]
+
+
+@dataclass
+class Recipe:
+    """Raw recipe data plus where each value came from (``origins``: TOML path -> source)."""
+
+    data: dict[str, Any]
+    source: str = "<python>"
+    origins: dict[tuple, str] = field(default_factory=dict)
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    def origin(self, path: tuple) -> str:
+        """The file (or command line) that set ``path`` or its nearest set ancestor."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.origins:
+                return self.origins[path[:end]]
+        return self.source
+
+
+def deep_merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """Child over base: tables merge recursively, everything else (arrays included) replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _record_origins(data: Mapping[str, Any], source: str, origins: dict[tuple, str], prefix: tuple = ()) -> None:
+    for key, value in data.items():
+        path = prefix + (key,)
+        origins[path] = source
+        if isinstance(value, Mapping):
+            _record_origins(value, source, origins, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ModulmError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise ModulmError(f"{path}: is a directory, expected a TOML recipe file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ModulmError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ModulmError(f"{path}: not UTF-8 text: {exc}") from None
+
+
+def _load_layers(path: Path, seen: tuple[Path, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """The chain of files from the root ``extends`` down to ``path``, each as (source, data)."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in seen + (path,))
+        raise ModulmError(f"{path}: 'extends' forms a cycle: {chain}")
+    data = _read_toml(path)
+    parent = data.pop("extends", None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if parent is not None:
+        if not isinstance(parent, str) or "://" in parent:
+            raise ModulmError(f"{path}: extends: expected a relative or absolute file path, got {parent!r}")
+        layers = _load_layers(path.parent / parent, seen + (path,))
+    return layers + [(_display(path), data)]
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optimizer.lr=1e-3"`` -> (["optimizer", "lr"], 0.001). Values are TOML literals;
+    a value that is not one (``device=cuda``) is taken as a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ModulmError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. optimizer.lr=1e-3")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``value`` at ``keys`` in ``data``, creating tables; a numeric key indexes an array."""
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        where = ".".join(keys[: i + 1])
+        if isinstance(node, list):
+            node = _index(node, key, where)
+            continue
+        if not isinstance(node.get(key, {}), (dict, list)):
+            node[key] = {"component": node[key]} if isinstance(node[key], str) else {}
+        node = node.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_index_number(node, last, ".".join(keys))] = value
+    else:
+        node[last] = value
+
+
+def _index_number(node: list, key: str, where: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ModulmError(f"override {where}: {key!r} is not an index of an array of {len(node)} entries")
+    return int(key)
+
+
+def _index(node: list, key: str, where: str) -> Any:
+    index = _index_number(node, key, where)
+    if isinstance(node[index], str):
+        node[index] = {"component": node[index]}
+    return node[index]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read ``path`` (following ``extends``) and apply ``overrides`` (``key.path=value``)."""
+    path = Path(path)
+    layers = _load_layers(path, ())
+    data: dict[str, Any] = {}
+    origins: dict[tuple, str] = {}
+    for source, layer in layers:
+        data = deep_merge(data, layer)
+        _record_origins(layer, source, origins)
+    recipe = Recipe(data, layers[-1][0], origins, path.resolve().parent)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(recipe.data, keys, value)
+        recipe.origins[tuple(keys)] = COMMAND_LINE
+    return recipe
+
+
+def recipe_from_dict(data: Mapping[str, Any], overrides: list[str] | tuple[str, ...] = (), base_dir: str | Path | None = None) -> Recipe:
+    """A recipe from Python data (no TOML file needed), with optional ``extends`` and overrides."""
+    data = copy.deepcopy(dict(data))
+    base_dir = Path(base_dir) if base_dir else Path.cwd()
+    origins: dict[tuple, str] = {}
+    parent = data.pop("extends", None)
+    if parent is not None:
+        base = load_recipe(base_dir / parent)
+        origins, data = dict(base.origins), deep_merge(base.data, data)
+    recipe = Recipe(data, "<python>", origins, base_dir)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(recipe.data, keys, value)
+        recipe.origins[tuple(keys)] = COMMAND_LINE
+    return recipe
+
+
+def validate(recipe: Recipe, registry) -> dict[str, Any]:
+    """Check the whole recipe against the registry; every problem at once, as a RecipeError.
+
+    Returns the bound top level: component builders and settings dataclass instances by key.
+    """
+    problems: list[str] = []
+    data = {k: v for k, v in recipe.data.items() if k not in META_KEYS}
+    bound = bind_table(registry, recipe_schema, data, recipe=recipe, path=(), problems=problems, what="the recipe")
+    if problems:
+        raise RecipeError(problems)
+    return bound

@@ -1,0 +1,187 @@
+"""Recipe loading, extends, overrides and validation (example and property tests)."""
+
+import tomllib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modulm.errors import ModulmError, RecipeError
+from modulm.recipe import apply_override, deep_merge, load_recipe, parse_override, recipe_from_dict, validate
+from modulm.tomlwrite import dumps
+from tests.fakes import toy_registry
+
+BASE = {"model": {"component": "toy", "d_model": 16}, "data": {"component": "toy-data", "path": "x.npy"}}
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_valid_recipe_binds_components_and_defaults():
+    bound = validate(recipe_from_dict(BASE), toy_registry())
+    model = bound["model"]
+    assert model.name == "toy" and model.params["d_model"] == 16 and model.params["scale"] == 1.0
+    assert model.params["ffn"].name == "toy-ffn" and model.params["ffn"].params == {"width": 4, "act": "relu"}
+    assert bound["training"].batch_size == 32 and bound["system"].seed == 42
+    assert [b.name for b in bound["loggers"]] == ["console", "file", "jsonl"]
+    built = model(vocab_size=7)
+    assert built == {"d_model": 16, "scale": 1.0, "ffn": ("ffn", 4, "relu", 16), "vocab_size": 7}
+
+
+def test_all_problems_reported_with_file_path_and_hint(tmp_path):
+    recipe = write(tmp_path / "r.toml", """
+[model]
+component = "toy"
+d_modle = 4
+[model.ffn]
+widht = 3
+[data]
+component = "toy-data"
+[training]
+batch_size = "big"
+[optimizer]
+component = "adamx"
+""")
+    with pytest.raises(RecipeError) as err:
+        validate(load_recipe(recipe), toy_registry())
+    problems = err.value.problems
+    assert len(problems) == 5, problems
+    text = "\n".join(problems)
+    assert "r.toml: model.d_modle: unknown key; did you mean 'd_model'?" in text
+    assert "model.ffn.widht: unknown key; did you mean 'width'?" in text
+    assert "[ffn 'toy-ffn' from plugin 'toy']" in text
+    assert "data.path: missing required value" in text
+    assert "training.batch_size: expected int, got string 'big'" in text
+    assert "optimizer.component: unknown optimizer component 'adamx'; did you mean 'adamw'? available: adamw (toy)" in text
+
+
+def test_injected_parameter_cannot_be_set():
+    data = dict(BASE, model={"component": "toy", "vocab_size": 5})
+    with pytest.raises(RecipeError, match="model.vocab_size: is set at run time"):
+        validate(recipe_from_dict(data), toy_registry())
+
+
+def test_literal_choice_checked():
+    with pytest.raises(RecipeError, match="system.dtype: 'fp8' is not one of"):
+        validate(recipe_from_dict(dict(BASE, system={"dtype": "fp8"})), toy_registry())
+
+
+def test_extends_merges_and_records_origins(tmp_path):
+    write(tmp_path / "base.toml", '[model]\ncomponent = "toy"\nd_model = 8\ntags = ["a", "b"]\n[data]\ncomponent = "toy-data"\npath = "p"\n')
+    child = write(tmp_path / "child.toml", 'extends = "base.toml"\n[model]\ntags = ["c"]\nd_modle = 3\n')
+    recipe = load_recipe(child)
+    assert recipe.data["model"] == {"component": "toy", "d_model": 8, "tags": ["c"], "d_modle": 3}
+    with pytest.raises(RecipeError) as err:
+        validate(recipe, toy_registry())
+    assert err.value.problems[0].split(": ")[0].endswith("child.toml")
+    assert "child.toml: model.d_modle: unknown key" in err.value.problems[0]
+
+
+def test_extends_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.toml", 'extends = "b.toml"\n')
+    write(tmp_path / "b.toml", 'extends = "a.toml"\n')
+    with pytest.raises(ModulmError, match="cycle"):
+        load_recipe(tmp_path / "a.toml")
+
+
+def test_bad_toml_and_missing_file_name_the_file(tmp_path):
+    with pytest.raises(ModulmError, match="nope.toml: recipe file not found"):
+        load_recipe(tmp_path / "nope.toml")
+    bad = write(tmp_path / "bad.toml", "[model\n")
+    with pytest.raises(ModulmError, match="bad.toml: invalid TOML"):
+        load_recipe(bad)
+
+
+def test_overrides_apply_and_are_attributed():
+    recipe = recipe_from_dict(BASE, ["model.d_modl=3", "model.ffn=toy-ffn", "system.device=cpu"])
+    assert recipe.data["system"]["device"] == "cpu"
+    with pytest.raises(RecipeError, match="<command line>: model.d_modl: unknown key"):
+        validate(recipe, toy_registry())
+
+
+def test_override_indexes_arrays_of_tables():
+    data = dict(BASE, loggers=[{"component": "console"}, "file"])
+    recipe = recipe_from_dict(data, ["loggers.1.prefix='x'"])
+    assert recipe.data["loggers"][1] == {"component": "file", "prefix": "x"}
+    with pytest.raises(ModulmError, match="not an index"):
+        recipe_from_dict(data, ["loggers.5.prefix=1"])
+
+
+def test_resolved_recipe_round_trips_through_toml():
+    from modulm.assemble import resolved_recipe
+
+    registry = toy_registry()
+    resolved = resolved_recipe(validate(recipe_from_dict(BASE), registry))
+    again = tomllib.loads(dumps(resolved))
+    assert again == resolved
+    assert resolved_recipe(validate(recipe_from_dict(again), registry)) == resolved
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+toml_scalars = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+)
+toml_values = st.recursive(toml_scalars, lambda inner: st.lists(inner, max_size=4), max_leaves=8)
+keys = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
+tables = st.recursive(
+    st.dictionaries(keys, toml_values, max_size=4),
+    lambda inner: st.dictionaries(keys, st.one_of(toml_values, inner), max_size=4),
+    max_leaves=10,
+)
+
+
+@given(toml_values)
+def test_override_value_round_trips_through_toml(value):
+    keys_, parsed = parse_override("a.b=" + dumps({"v": value}).split("=", 1)[1].strip())
+    assert keys_ == ["a", "b"] and parsed == value
+
+
+@given(tables)
+def test_toml_writer_round_trips(table):
+    assert tomllib.loads(dumps(table)) == table
+
+
+@given(tables)
+def test_extends_empty_child_is_base(base):
+    assert deep_merge(base, {}) == base
+
+
+@given(tables, tables)
+def test_extends_child_wins_and_arrays_replace(base, child):
+    merged = deep_merge(base, child)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            assert deep_merge(base[key], value) == merged[key]
+        else:
+            assert merged[key] == value  # scalars and arrays replace wholesale
+    for key in base.keys() - child.keys():
+        assert merged[key] == base[key]
+
+
+@st.composite
+def recipe_with_bad_key(draw):
+    """A valid toy recipe with one unknown key planted at a random depth."""
+    where = draw(st.sampled_from([("model",), ("model", "ffn"), ("data",), ("training",), ("system",), ("loggers", 0)]))
+    bad = "zz_" + draw(keys)
+    data = {"model": {"component": "toy", "ffn": {"component": "toy-ffn"}}, "data": {"component": "toy-data", "path": "p"},
+            "loggers": [{"component": "console"}]}
+    node = data
+    for part in where:
+        node = node.setdefault(part, {}) if isinstance(part, str) else node[part]
+    node[bad] = draw(toml_scalars)
+    return data, ".".join(map(str, where + (bad,)))
+
+
+@given(recipe_with_bad_key())
+def test_unknown_key_at_any_depth_is_rejected_and_named(case):
+    data, dotted = case
+    with pytest.raises(RecipeError) as err:
+        validate(recipe_from_dict(data), toy_registry())
+    assert len(err.value.problems) == 1
+    assert f": {dotted}: unknown key" in err.value.problems[0]
