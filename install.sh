@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs modulm and its test dependencies into the current Python environment.
+# torch is installed first, pinned to the CPU build this project is developed on, only where no
+# torch is present: an unpinned requirement on a machine without torch would pull multi-GB CUDA builds.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    "$PYTHON" -m pip install --quiet "torch==2.13.0"
+fi
+"$PYTHON" -m pip install --quiet -e ".[dev]"
