@@ -1,0 +1,87 @@
+"""The registered factories of the transformer's parts: recipe parameters and injected names.
+
+Each factory's positional-or-keyword parameters are what a recipe may set; keyword-only ones are
+injected by the parent component (see ``modulm.kinds.INJECTED``). The modules they build live in
+``layers``, ``norms``, ``ffn``, ``position``, ``attention`` and ``blocks``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+from torch import nn
+
+from modulm_transformer.attention import CausalSelfAttention
+from modulm_transformer.blocks import PostNormBlock, PreNormBlock
+from modulm_transformer.ffn import SiLUFFN, SwiGLU
+from modulm_transformer.norms import Identity, RMSNorm
+from modulm_transformer.position import NoPositionalEmbedding, RotaryPositionalEmbedding
+
+Builder = Callable[..., nn.Module]
+
+
+# -- blocks -----------------------------------------------------------------------------------
+def _block_parts(d_model: int, num_heads: int, d_ff: int | None, context_length: int,
+                 attention: Builder, ffn: Builder, norm: Builder, position: Builder) -> tuple[nn.Module, ...]:
+    attn = attention(d_model=d_model, num_heads=num_heads, context_length=context_length, position=position)
+    return attn, ffn(d_model=d_model, d_ff=d_ff), norm(d_model=d_model), norm(d_model=d_model)
+
+
+def prenorm(*, d_model: int, num_heads: int, d_ff: int | None, context_length: int,
+            attention: Builder, ffn: Builder, norm: Builder, position: Builder) -> PreNormBlock:
+    """Pre-norm residual block: x + Attn(Norm(x)), then + FFN(Norm(.)) (CS336 default)."""
+    return PreNormBlock(*_block_parts(d_model, num_heads, d_ff, context_length, attention, ffn, norm, position))
+
+
+def postnorm(*, d_model: int, num_heads: int, d_ff: int | None, context_length: int,
+             attention: Builder, ffn: Builder, norm: Builder, position: Builder) -> PostNormBlock:
+    """Post-norm residual block: Norm(x + Attn(x)), then Norm(. + FFN(.)) (CS336 ablation)."""
+    return PostNormBlock(*_block_parts(d_model, num_heads, d_ff, context_length, attention, ffn, norm, position))
+
+
+# -- attention --------------------------------------------------------------------------------
+def mha(impl: Literal["sdpa", "scratch"] = "sdpa", *, d_model: int, num_heads: int, context_length: int,
+        position: Builder | None = None) -> CausalSelfAttention:
+    """Causal multi-head self-attention with q/k/v/output projections and a position encoding.
+
+    impl: "sdpa" (torch's fused attention kernel) or "scratch" (modulm.functional; same result, slower)
+    """
+    head_dim = d_model // num_heads
+    encoding = position(d_k=head_dim, context_length=context_length) if position is not None else None
+    return CausalSelfAttention(d_model, num_heads, position=encoding, impl=impl)
+
+
+# -- feed-forward -----------------------------------------------------------------------------
+def swiglu(*, d_model: int, d_ff: int | None = None) -> SwiGLU:
+    """SwiGLU feed-forward W2(SiLU(W1 x) * W3 x); d_ff None -> 8/3 d_model rounded to 64."""
+    return SwiGLU(d_model, d_ff)
+
+
+def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
+    """Ungated SiLU feed-forward W2(SiLU(W1 x)); d_ff None -> 4 d_model (CS336 ablation)."""
+    return SiLUFFN(d_model, d_ff)
+
+
+# -- norms ------------------------------------------------------------------------------------
+def rmsnorm(eps: float = 1e-5, *, d_model: int) -> RMSNorm:
+    """RMSNorm with a learned gain, computed in float32.
+
+    eps: added to the mean square before the square root
+    """
+    return RMSNorm(d_model, eps=eps)
+
+
+def no_norm(*, d_model: int | None = None) -> Identity:
+    """No normalisation (identity, no parameters): the layer-norm ablation."""
+    return Identity()
+
+
+# -- position ---------------------------------------------------------------------------------
+def rope(*, d_k: int, context_length: int, theta: float = 10000.0) -> RotaryPositionalEmbedding:
+    """Rotary position embedding on adjacent feature pairs; theta is the model's rope_theta."""
+    return RotaryPositionalEmbedding(theta, d_k, context_length)
+
+
+def nope(*, d_k: int | None = None, context_length: int | None = None, theta: float | None = None) -> NoPositionalEmbedding:
+    """No position encoding (NoPE): only the causal mask orders tokens (CS336 ablation)."""
+    return NoPositionalEmbedding()

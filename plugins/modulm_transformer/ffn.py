@@ -1,0 +1,40 @@
+"""Position-wise feed-forward networks: SwiGLU and the plain SiLU ablation."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from modulm.functional.attention import silu
+from modulm_transformer.layers import Linear
+
+
+def swiglu_width(d_model: int) -> int:
+    """About ``8/3 * d_model``, rounded to the nearest multiple of 64 (at least 64)."""
+    return max(64, round(8 * d_model / 3 / 64) * 64)
+
+
+class SwiGLU(nn.Module):
+    """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        d_ff = swiglu_width(d_model) if d_ff is None else d_ff
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+        self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(silu(self.w1(x)) * self.w3(x))
+
+
+class SiLUFFN(nn.Module):
+    """``W2(SiLU(W1 x))``, the ungated ablation; ``d_ff`` defaults to ``4 * d_model``."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        d_ff = 4 * d_model if d_ff is None else d_ff
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(silu(self.w1(x)))

@@ -1,0 +1,107 @@
+"""The Transformer language model: embedding -> blocks -> final norm -> LM head.
+
+``TransformerLM(vocab_size, ...)`` works from plain Python with the CS336 parts (pre-norm blocks,
+RoPE, SwiGLU, RMSNorm). A recipe swaps any part: the factory :func:`transformer` receives each
+nested part as a builder, which this class calls with the sizes it knows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from modulm import nested
+from modulm_transformer import components
+from modulm_transformer.cache import KVCache
+from modulm_transformer.layers import Embedding, Linear
+
+
+class TransformerLM(nn.Module):
+    """Causal LM returning logits ``(..., T, vocab_size)`` for token ids ``(..., T)``.
+
+    ``block, attention, ffn, norm, position`` are builders (callables taking the injected keyword
+    arguments of their kind); ``None`` picks the CS336 default. ``position`` also receives
+    ``theta=rope_theta``. With ``tie_embeddings`` the LM head and the token embedding share one
+    matrix (initialised as the LM head).
+    """
+
+    def __init__(self, vocab_size: int, context_length: int = 512, d_model: int = 512, num_layers: int = 6,
+                 num_heads: int = 8, d_ff: int | None = 2048, rope_theta: float = 10000.0,
+                 tie_embeddings: bool = False, *, block=None, attention=None, ffn=None, norm=None,
+                 position=None) -> None:
+        super().__init__()
+        block, attention = block or components.prenorm, attention or components.mha
+        ffn, norm, position = ffn or components.swiglu, norm or components.rmsnorm, position or components.rope
+        self.vocab_size, self.context_length, self.d_model = vocab_size, context_length, d_model
+
+        self.token_embeddings = Embedding(vocab_size, d_model)
+        self.layers = nn.ModuleList(
+            block(d_model=d_model, num_heads=num_heads, d_ff=d_ff, context_length=context_length,
+                  attention=attention, ffn=ffn, norm=norm, position=functools.partial(position, theta=rope_theta))
+            for _ in range(num_layers)
+        )
+        self.ln_final = norm(d_model=d_model)
+        self.lm_head = Linear(d_model, vocab_size)
+        if tie_embeddings:
+            self.token_embeddings.weight = self.lm_head.weight
+
+    def forward(self, token_ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits for ``token_ids``; with ``cache``, ``token_ids`` continue the cached sequence."""
+        start = 0 if cache is None else cache.position
+        end = start + token_ids.shape[-1]
+        if end > self.context_length:
+            raise ValueError(f"sequence of {end} tokens exceeds context_length={self.context_length}")
+        x = self.token_embeddings(token_ids)
+        if cache is None:
+            for layer in self.layers:
+                x = layer(x)
+        else:
+            positions = torch.arange(start, end, device=token_ids.device)
+            for layer, layer_cache in zip(self.layers, cache.layers):
+                x = layer(x, positions, kv_cache=layer_cache)
+            cache.position = end
+        return self.lm_head(self.ln_final(x))
+
+    def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """An empty cache for decoding up to ``max_seq_len`` (default ``context_length``) positions."""
+        max_seq_len = self.context_length if max_seq_len is None else max_seq_len
+        if max_seq_len > self.context_length:
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds context_length={self.context_length}")
+        return KVCache(len(self.layers), batch_size, max_seq_len, device, dtype)
+
+
+def transformer(
+    context_length: int = 512,
+    d_model: int = 512,
+    num_layers: int = 6,
+    num_heads: int = 8,
+    d_ff: int | None = 2048,
+    rope_theta: float = 10000.0,
+    tie_embeddings: bool = False,
+    block: nested("block") = "prenorm",
+    attention: nested("attention") = "mha",
+    ffn: nested("ffn") = "swiglu",
+    norm: nested("norm") = "rmsnorm",
+    position: nested("position") = "rope",
+    *,
+    vocab_size: int,
+) -> TransformerLM:
+    """Transformer LM (CS336): embedding, residual blocks, final norm, LM head.
+
+    context_length: longest sequence the model accepts (RoPE tables are built up to it)
+    d_model: width of the residual stream
+    num_layers: number of blocks
+    num_heads: attention heads (d_model must be divisible by it)
+    d_ff: feed-forward hidden width; None -> the ffn's own default
+    rope_theta: base of the rotary frequencies, passed to the position component as theta
+    tie_embeddings: share one matrix between the token embedding and the LM head
+    block: residual block layout
+    attention: attention component
+    ffn: feed-forward component
+    norm: normalisation used in every block and before the LM head
+    position: position encoding applied to queries and keys
+    """
+    return TransformerLM(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, tie_embeddings,
+                         block=block, attention=attention, ffn=ffn, norm=norm, position=position)
