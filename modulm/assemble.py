@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from modulm.errors import RecipeError
@@ -89,3 +90,68 @@ def resolved_recipe(bound: Mapping[str, Any]) -> dict[str, Any]:
         elif value is not None:
             out[key] = _resolved(value)
     return out
+
+
+@dataclass
+class Assembly:
+    """A validated recipe with its live components, ready for :class:`modulm.trainer.Trainer`.
+
+    ``settings`` holds the settings tables (``training``, ``checkpointing``, ``logging``, ``system``,
+    ``generation``) as dataclass instances; loggers are built by the trainer once the run directory
+    exists (``logger_builders``).
+    """
+
+    recipe: Any
+    registry: Registry
+    resolved: dict[str, Any]
+    data: Any
+    model: Any
+    optimizer: Any
+    schedule: Any
+    logger_builders: list[ComponentBuilder]
+    settings: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:  # assembly.training, assembly.system, ...
+        settings = self.__dict__.get("settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(name)
+
+
+def cache_dir() -> Path:
+    """Where data sources cache derived files: ``$MODULM_CACHE_DIR`` or ``~/.cache/modulm``."""
+    import os
+
+    return Path(os.environ.get("MODULM_CACHE_DIR") or Path.home() / ".cache" / "modulm")
+
+
+def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[str, ...] | list[str] = (),
+             plugins: tuple[str, ...] | list[str] = ()) -> Assembly:
+    """Validate a recipe (a path, a dict or a :class:`~modulm.recipe.Recipe`) and build its parts.
+
+    Order: seed, data source (``seed``, ``cache_dir``), model (``vocab_size`` from the data),
+    optimizer (the model's named parameters), schedule (the optimizer's peak lr, the run length).
+    """
+    from modulm import plugins as plugin_loading
+    from modulm.recipe import Recipe, load_recipe, recipe_from_dict, validate
+    from modulm.runtime import seed_everything
+
+    if registry is None:
+        registry = plugin_loading.load(plugins).registry
+    if isinstance(recipe, Recipe):
+        if overrides:
+            raise ValueError("pass overrides when loading the Recipe, not to assemble()")
+    elif isinstance(recipe, Mapping):
+        recipe = recipe_from_dict(recipe, overrides)
+    else:
+        recipe = load_recipe(recipe, overrides)
+    bound = validate(recipe, registry)
+    settings = {key: bound[key] for key in ("training", "checkpointing", "logging", "system", "generation")}
+    seed_everything(settings["system"].seed)
+    data = bound["data"](seed=settings["system"].seed, cache_dir=cache_dir())
+    model = bound["model"](vocab_size=data.vocab_size)
+    optimizer = bound["optimizer"](params=list(model.named_parameters()))
+    base_lr = optimizer.defaults.get("lr", optimizer.param_groups[0]["lr"])
+    schedule = bound["schedule"](base_lr=base_lr, max_iterations=settings["training"].max_iterations)
+    return Assembly(recipe, registry, resolved_recipe(bound), data, model, optimizer, schedule,
+                    list(bound["loggers"]), settings)

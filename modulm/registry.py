@@ -132,8 +132,8 @@ class Registry:
     def unknown_message(self, kind: str, name: Any) -> str:
         available = ", ".join(f"{c.name} ({c.plugin})" for c in self.components(kind)) or "none"
         close = difflib.get_close_matches(str(name), self.names(kind), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"unknown {kind} component {name!r}{hint} available: {available}"
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown {kind} component {name!r}{hint}; available: {available}"
 
     def create(self, kind: str, name: str, **kwargs: Any) -> Any:
         """Call the factory of ``kind``/``name`` with ``kwargs`` (no recipe validation)."""

@@ -83,7 +83,7 @@ def test_misspelt_hook_is_rejected():
 def test_unknown_component_lists_alternatives_with_plugins():
     pm = plugins.load(autoload=False, env={})
     pm.register(ToyPlugin(), "toy")
-    with pytest.raises(ModulmError, match=r"unknown model component 'tyo'; did you mean 'toy'\? available: toy \(toy\)"):
+    with pytest.raises(ModulmError, match=r"unknown model component 'tyo' \(did you mean 'toy'\?\); available: toy \(toy\)"):
         pm.registry.get("model", "tyo")
 
 

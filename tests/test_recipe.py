@@ -54,7 +54,7 @@ component = "adamx"
     assert "[ffn 'toy-ffn' from plugin 'toy']" in text
     assert "data.path: missing required value" in text
     assert "training.batch_size: expected int, got string 'big'" in text
-    assert "optimizer.component: unknown optimizer component 'adamx'; did you mean 'adamw'? available: adamw (toy)" in text
+    assert "optimizer.component: unknown optimizer component 'adamx' (did you mean 'adamw'?); available: adamw (toy)" in text
 
 
 def test_injected_parameter_cannot_be_set():

@@ -1,8 +1,91 @@
-"""modulm built-in plugin: loggers components (being built)."""
+"""modulm built-in plugin: console, file and JSON-lines loggers."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal, Mapping
 
 from modulm import hookimpl
+from modulm_loggers.format import event_text, stamped
+
+
+class ConsoleLogger:
+    """Print the training guide's log lines to the terminal.
+
+    timestamps: prefix each line with the time and level, as the training guide shows
+    stream: "stdout" or "stderr"
+    """
+
+    def __init__(self, timestamps: bool = True, stream: Literal["stdout", "stderr"] = "stdout", *, run_dir: Path | None = None):
+        self.timestamps = timestamps
+        self.stream = stream
+
+    def log(self, event: Mapping[str, Any]) -> None:
+        out = sys.stdout if self.stream == "stdout" else sys.stderr
+        level = str(event.get("level", "INFO"))
+        for line in event_text(event):
+            print(stamped(line, level) if self.timestamps else line, file=out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class FileLogger:
+    """Append the same lines as the console, time-stamped, to a file in the run directory.
+
+    filename: file name inside the run directory
+    """
+
+    def __init__(self, filename: str = "training.log", *, run_dir: Path):
+        self.path = Path(run_dir) / filename
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(self, event: Mapping[str, Any]) -> None:
+        if self._file.closed:
+            return
+        level = str(event.get("level", "INFO"))
+        for line in event_text(event):
+            self._file.write(stamped(line, level) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class JsonlLogger:
+    """Write one JSON object per training-log and evaluation event to a file in the run directory.
+
+    filename: file name inside the run directory
+    """
+
+    EVENTS = ("train", "eval")
+
+    def __init__(self, filename: str = "metrics.jsonl", *, run_dir: Path):
+        self.path = Path(run_dir) / filename
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def log(self, event: Mapping[str, Any]) -> None:
+        if self._file.closed or event.get("event") not in self.EVENTS:
+            return
+        record = {k: _json_safe(v) for k, v in event.items() if v is None or isinstance(v, (int, float, str, bool))}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 @hookimpl
 def modulm_register_components(registry):
-    pass
+    registry.logger("console", ConsoleLogger)
+    registry.logger("file", FileLogger)
+    registry.logger("jsonl", JsonlLogger)

@@ -1,0 +1,250 @@
+"""The training loop: one linear read from the first step to the final sample.
+
+:class:`Trainer` takes an :class:`~modulm.assemble.Assembly` (live components plus settings) and
+runs it: resume if asked, then per step — learning rate from the schedule, forward and backward over
+``grad_accum_steps`` micro-batches, gradient clipping, optimizer step — with logging, periodic
+evaluation and checkpoints at their intervals, and at the end a final checkpoint, a full
+evaluation and a generated sample. It reads no TOML and no global state.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import modulm
+from modulm import rundir
+from modulm.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from modulm.errors import ModulmError
+from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
+from modulm.fileio import atomic_write_text
+from modulm.functional.grad import clip_gradients
+from modulm.functional.loss import cross_entropy
+from modulm.runtime import autocast, grad_scaler, resolve_device
+from modulm.tomlwrite import dumps
+
+
+class TrainingDiverged(ModulmError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    iterations: int
+    train_losses: dict[int, float] = field(default_factory=dict)  # step -> loss, at every step
+    final_eval: EvalResult | None = None
+    sample: str = ""
+    interrupted: bool = False
+    run_dir: Path | None = None
+
+
+class Trainer:
+    """Runs an assembled recipe. ``run(stop_at=N)`` stops after iteration N (the schedule still
+    spans ``max_iterations``), which is how a run is split in two to test exact resume."""
+
+    def __init__(self, assembly: Any) -> None:
+        self.a = assembly
+        self.training, self.ckpt = assembly.training, assembly.checkpointing
+        self.logging, self.system = assembly.logging, assembly.system
+        self.device = resolve_device(self.system.device)
+        self.model = unwrap(assembly.model).to(self.device)
+        self.forward = torch.compile(self.model) if self.system.compile else self.model
+        self.optimizer, self.schedule, self.data = assembly.optimizer, assembly.schedule, assembly.data
+        self.context_length = int(self.model.context_length)
+        if self.training.batch_size % self.training.grad_accum_steps:
+            raise ModulmError(f"training.batch_size {self.training.batch_size} is not divisible by "
+                              f"training.grad_accum_steps {self.training.grad_accum_steps}")
+        self.micro_batch = self.training.batch_size // self.training.grad_accum_steps
+        self.scaler = grad_scaler(self.device, self.system.dtype)
+        self.iteration, self.best_val_loss, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
+        self.loggers: list[Any] = []
+        self._stop_signal: str | None = None
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _autocast(self):
+        return autocast(self.device, self.system.dtype)
+
+    def _log(self, **event: Any) -> None:
+        for logger in self.loggers:
+            logger.log(event)
+
+    def _start(self) -> Path | None:
+        run_dir, resume_path = rundir.prepare(self.ckpt)
+        self.run_dir = run_dir
+        if hasattr(self.data, "validate"):
+            self.data.validate(self.context_length)
+        atomic_write_text(run_dir / rundir.RECIPE, dumps(self.a.resolved))
+        tokenizer = getattr(self.data, "tokenizer", None)
+        if tokenizer is not None and hasattr(tokenizer, "save") and not (run_dir / rundir.TOKENIZER).exists():
+            tokenizer.save(run_dir / rundir.TOKENIZER)
+        self.loggers = [build(run_dir=run_dir) for build in self.a.logger_builders]
+        return resume_path
+
+    def _start_lines(self, resume_path: Path | None) -> list[str]:
+        params = sum(p.numel() for p in self.model.parameters())
+        embedding = sum(p.numel() for n, p in self.model.named_parameters() if "embedding" in n)
+        tokens_per_step = self.training.batch_size * self.context_length
+        lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
+                 f"Using device: {self.device} | dtype: {self.system.dtype} | compile: {self.system.compile}"]
+        lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
+        lines += [f"Model initialized with {params:,} trainable parameters ({params - embedding:,} non-embedding)",
+                  f"Batch: {self.training.batch_size} sequences x {self.context_length} tokens = {tokens_per_step:,} "
+                  f"tokens per step (global batch = {self.training.batch_size}, grad_accum_steps = {self.training.grad_accum_steps})",
+                  f"Run directory: {self.run_dir}"]
+        if resume_path is not None:
+            lines.append(f"Resuming from {resume_path} at iteration {self.iteration}")
+        lines.append("Starting training loop")
+        return lines
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _save(self, path: Path, loss: float | None = None) -> None:
+        save_checkpoint(
+            self.model, self.optimizer, self.iteration, path,
+            data=self.data.state_dict(), rng=rng_state(), scaler=self.scaler.state_dict(),
+            best_val_loss=self.best_val_loss, recipe=self.a.resolved,
+            meta={"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
+                  "tokens_seen": self.tokens_seen, "vocab_size": int(self.model.vocab_size),
+                  "modulm": modulm.__version__, "torch": torch.__version__, "saved_at": time.time()},
+        )
+
+    def _resume(self, path: Path) -> None:
+        state = read_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        if "data" in state:
+            self.data.load_state_dict(state["data"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best_val_loss = float(state.get("best_val_loss", math.inf))
+        meta = state.get("meta", {})
+        self.elapsed, self.tokens_seen = float(meta.get("elapsed", 0.0)), int(meta.get("tokens_seen", 0))
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def _evaluate(self, full: bool) -> EvalResult | None:
+        if "val" not in getattr(self.data, "splits", ()):
+            return None
+        tokens = self.data.tokens("val")
+        windows = (full_windows(tokens, self.micro_batch, self.context_length) if full else
+                   sampled_windows(tokens, self.logging.eval_iters, self.micro_batch, self.context_length))
+        result = evaluate(self.forward, windows, self.device, self._autocast, self.data.bytes_per_token("val"))
+        self._log(event="eval", step=self.iteration, val_loss=result.loss, val_perplexity=result.perplexity,
+                  val_bpb=result.bits_per_byte, eval_time=result.seconds, eval_tokens=result.tokens,
+                  scope="full" if full else "sampled", split_size=len(tokens) if full else None,
+                  tokens=self.tokens_seen, elapsed=self.elapsed)
+        if result.loss < self.best_val_loss:
+            self.best_val_loss = result.loss
+            self._save(self.run_dir / rundir.BEST, loss=result.loss)
+        return result
+
+    # -- one optimizer step -------------------------------------------------------------------
+    def _step(self) -> tuple[float, float]:
+        lr = self.schedule(self.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.training.grad_accum_steps):
+            inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
+            with self._autocast():
+                logits = self.forward(inputs)
+            loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = clip_gradients(params, self.training.grad_clip) if self.training.grad_clip > 0 else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(total), (float(norm) if norm is not None else float("nan"))
+
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        periodic = rundir.periodic_checkpoints(self.run_dir)
+        kept = f"the last good checkpoint is {periodic[-1][1]}" if periodic else "no checkpoint was written yet"
+        return TrainingDiverged(
+            f"loss became {loss} at iteration {self.iteration}; {kept}. Try a lower optimizer.lr, more "
+            "schedule.warmup_iters, a smaller training.grad_clip, or check the data")
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, stop_at: int | None = None) -> RunResult:
+        resume_path = self._start()
+        if resume_path is not None:
+            self._resume(resume_path)
+        result = RunResult(self.iteration, run_dir=self.run_dir)
+        self._log(event="start", lines=self._start_lines(resume_path), step=self.iteration)
+        last_stop = self.training.max_iterations if stop_at is None else min(stop_at, self.training.max_iterations)
+        tokens_per_step = self.training.batch_size * self.context_length
+        previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            self.model.train()
+            window_start, window_steps = time.perf_counter(), 0
+            while self.iteration < last_stop and self._stop_signal is None:
+                step_start = time.perf_counter()
+                loss, grad_norm = self._step()
+                if not math.isfinite(loss):
+                    raise self._diverged(loss)
+                step = self.iteration
+                self.iteration += 1
+                self.tokens_seen += tokens_per_step
+                self.elapsed += time.perf_counter() - step_start
+                window_steps += 1
+                result.train_losses[step] = loss
+                if step % self.logging.log_interval == 0 or self.iteration == last_stop:
+                    seconds = time.perf_counter() - window_start
+                    self._log(event="train", step=step, max_steps=self.training.max_iterations, loss=loss,
+                              lr=self.schedule(step), grad_norm=grad_norm, step_time=seconds / window_steps,
+                              tokens_per_sec=tokens_per_step * window_steps / seconds, tokens=self.tokens_seen,
+                              elapsed=self.elapsed)
+                    window_start, window_steps = time.perf_counter(), 0
+                if self.logging.eval_interval and self.iteration % self.logging.eval_interval == 0 \
+                        and self.iteration < self.training.max_iterations:
+                    self._evaluate(full=False)
+                    window_start = time.perf_counter()
+                if self.ckpt.checkpoint_interval and self.iteration % self.ckpt.checkpoint_interval == 0:
+                    self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", loss)
+                    rundir.prune(self.run_dir, self.ckpt.keep_last)
+            result.iterations = self.iteration
+            if self._stop_signal is not None or self.iteration < self.training.max_iterations:
+                result.interrupted = self._stop_signal is not None
+                self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
+                why = f"received {self._stop_signal}" if self._stop_signal else f"stopped at iteration {self.iteration}"
+                self._log(event="message", text=f"{why}; saved checkpoint_{self.iteration}.pt; run the same "
+                          "command again to resume")
+                return result
+            self._save(self.run_dir / rundir.FINAL, result.train_losses.get(self.iteration - 1))
+            result.final_eval = self._evaluate(full=self.logging.final_eval == "full")
+            result.sample = self._sample()
+            self._log(event="end", lines=[f"Training complete: {self.iteration} iterations in {self.elapsed:.1f}s "
+                                          f"({self.tokens_seen:,} tokens)"], step=self.iteration)
+            return result
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for logger in self.loggers:
+                logger.close()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signal.Signals(signum).name
+
+    def _sample(self) -> str:
+        from modulm.generate import generate
+
+        gen = self.a.generation
+        tokenizer = getattr(self.data, "tokenizer", None)
+        if tokenizer is None or gen.max_tokens <= 0:
+            return ""
+        with self._autocast():
+            text = "".join(generate(self.model, tokenizer, gen.prompt, gen.max_tokens, temperature=gen.temperature,
+                                    top_p=gen.top_p, seed=self.system.seed))
+        self._log(event="message", text=f"Sample:\n{gen.prompt}{text}")
+        return text
