@@ -1,0 +1,151 @@
+"""The ``memmap`` data source, and :class:`TokenSource`, the sampling machinery it shares with ``text``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from modulm.errors import ModulmError
+from modulm_data.batching import get_batch
+from modulm_data.checks import check_ids, count_bytes
+from modulm_data.tokenfile import open_token_file
+from modulm_data.tokenizers import byte_lengths, fingerprint, load_tokenizer
+
+SPLITS = ("train", "val")
+_SAMPLE_TOKENS = 1 << 20  # tokens decoded to estimate bytes/token when exact lengths are unknown
+
+
+def split_seed(seed: int, split: str) -> int:
+    """Each split draws from its own generator, so evaluating never shifts the training batches."""
+    return (int(seed) + 7919 * SPLITS.index(split)) % (2**63)
+
+
+class TokenSource:
+    """Named splits of memory-mapped token arrays, sampled with :func:`get_batch`.
+
+    Each split has its own ``torch.Generator`` (seeded from ``seed``); ``state_dict()`` holds
+    their states, so a resumed run draws exactly the batches it would have drawn.
+    """
+
+    def __init__(self, files: dict[str, Path], vocab_size: int, seed: int = 0, tokenizer: Any = None) -> None:
+        self.files = dict(files)
+        self.vocab_size = int(vocab_size)
+        self.tokenizer = tokenizer
+        self._arrays: dict[str, np.ndarray] = {}
+        self.splits = tuple(s for s in SPLITS if s in self.files)
+        self._generators = {split: torch.Generator().manual_seed(split_seed(seed, split)) for split in self.splits}
+        self._bytes_per_token: dict[str, float | None] = {}
+
+    # -- the DataSource contract ------------------------------------------------------------
+    def tokens(self, split: str) -> np.ndarray:
+        """The split's tokens as a read-only memory-mapped 1-D array."""
+        if split not in self.files:
+            raise ModulmError(f"data: no {split!r} split; available: {', '.join(self.splits)}")
+        if split not in self._arrays:
+            self._arrays[split] = self._open(split)
+        return self._arrays[split]
+
+    def validate(self, context_length: int) -> None:
+        """Raise a one-line error unless every split holds at least ``context_length + 1`` tokens."""
+        for split in self.splits:
+            self._check_length(split, context_length)
+
+    def get_batch(self, split: str, batch_size: int, context_length: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)`` int64 ``(batch_size, context_length)`` windows of ``split`` on ``device``."""
+        self._check_length(split, context_length)
+        return get_batch(self.tokens(split), batch_size, context_length, device, self._generators[split])
+
+    def bytes_per_token(self, split: str) -> float | None:
+        """Mean UTF-8 bytes per token of ``split``, or None without a tokenizer."""
+        if split not in self._bytes_per_token:
+            self._bytes_per_token[split] = self._measure_bytes_per_token(split)
+        return self._bytes_per_token[split]
+
+    def state_dict(self) -> dict:
+        return {"generators": {split: gen.get_state() for split, gen in self._generators.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("generators") if isinstance(state, dict) else None
+        if not isinstance(saved, dict) or set(saved) != set(self._generators):
+            raise ModulmError(
+                f"data: checkpoint holds sampler state for splits {sorted(saved or {})}, this source has {list(self.splits)}"
+            )
+        for split, gen_state in saved.items():
+            self._generators[split].set_state(gen_state)
+
+    def describe(self) -> list[str]:
+        lines = []
+        for split in self.splits:
+            array = self.tokens(split)
+            lines.append(f"{split}: {self.files[split]} ({len(array):,} tokens, {array.dtype.name})")
+        return lines
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _open(self, split: str) -> np.ndarray:
+        return open_token_file(self.files[split])
+
+    def _check_length(self, split: str, context_length: int) -> None:
+        length = len(self.tokens(split))
+        if length < context_length + 1:
+            raise ModulmError(
+                f"{self.files[split]}: {split} split has {length} tokens, too few for context_length "
+                f"{context_length} (needs at least {context_length + 1})"
+            )
+
+    def _measure_bytes_per_token(self, split: str) -> float | None:
+        if self.tokenizer is None:
+            return None
+        array = self.tokens(split)
+        lengths = byte_lengths(self.tokenizer)
+        if lengths is not None and len(lengths) >= self.vocab_size:
+            total = count_bytes(self.files[split], array, lengths, f"bytes:{fingerprint(self.tokenizer)}")
+            return total / len(array)
+        sample = np.asarray(array[:_SAMPLE_TOKENS], dtype=np.int64).tolist()
+        return len(self.tokenizer.decode(sample).encode("utf-8")) / len(sample)
+
+
+class MemmapSource(TokenSource):
+    """Token files (.npy, or raw .bin with an explicit dtype), memory-mapped and sampled uniformly.
+
+    train: path of the training token file (.npy, or a raw file with dtype set)
+    vocab_size: size of the vocabulary; every token id must be below it
+    val: path of the validation token file (optional)
+    dtype: "auto" (the .npy header's dtype) or uint16, uint32, int32, int64; required for raw files, must match a .npy header
+    tokenizer: directory of the saved tokenizer that made the ids (optional; gives bits per byte and decoded samples)
+    """
+
+    def __init__(
+        self,
+        train: str,
+        vocab_size: int,
+        val: str | None = None,
+        dtype: Literal["auto", "uint16", "uint32", "int32", "int64"] = "auto",
+        tokenizer: str | None = None,
+        *,
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        if vocab_size < 1:
+            raise ModulmError(f"data.vocab_size must be >= 1, got {vocab_size}")
+        files = {"train": Path(train)}
+        if val is not None:
+            files["val"] = Path(val)
+        self.dtype = dtype
+        self.tokenizer_dir = Path(tokenizer) if tokenizer else None
+        loaded = load_tokenizer(self.tokenizer_dir) if self.tokenizer_dir else None
+        super().__init__(files, vocab_size, seed, loaded)
+        for split in self.splits:  # fail before training: missing, empty, wrong dtype, bad ids
+            check_ids(self.files[split], self.tokens(split), self.vocab_size)
+
+    def _open(self, split: str) -> np.ndarray:
+        return open_token_file(self.files[split], self.dtype)
+
+    def describe(self) -> list[str]:
+        head = f"data: memmap, vocab_size {self.vocab_size}"
+        if self.tokenizer_dir:
+            head += f", tokenizer {self.tokenizer_dir}"
+        return [head] + ["  " + line for line in super().describe()]
