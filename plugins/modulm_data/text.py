@@ -31,15 +31,13 @@ from modulm_data.tokenfile import TOKEN_DTYPES, storage_dtype, write_json_atomic
 from modulm_data.tokenizers import fingerprint
 
 CACHE_FORMAT = 1
-ENV_CACHE_DIR = "MODULM_CACHE_DIR"
 
 
 def default_cache_dir() -> Path:
-    """``$MODULM_CACHE_DIR``, else ``$XDG_CACHE_HOME/modulm``, else ``~/.cache/modulm``."""
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "modulm"
+    """The cache used when none is injected: the assembler's (``$MODULM_CACHE_DIR`` or ``~/.cache/modulm``)."""
+    from modulm.assemble import cache_dir
+
+    return cache_dir()
 
 
 def _as_paths(value: str | list[str] | None, key: str) -> list[Path]:
