@@ -75,10 +75,10 @@ class Trainer:
             logger.log(event)
 
     def _start(self) -> Path | None:
+        if hasattr(self.data, "validate"):  # before the run directory exists: bad data writes nothing
+            self.data.validate(self.context_length)
         run_dir, resume_path = rundir.prepare(self.ckpt)
         self.run_dir = run_dir
-        if hasattr(self.data, "validate"):
-            self.data.validate(self.context_length)
         atomic_write_text(run_dir / rundir.RECIPE, dumps(self.a.resolved))
         tokenizer = getattr(self.data, "tokenizer", None)
         if tokenizer is not None and hasattr(tokenizer, "save") and not (run_dir / rundir.TOKENIZER).exists():
