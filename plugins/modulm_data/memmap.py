@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from modulm.errors import ModulmError
-from modulm_data.batching import get_batch
+from modulm_data.batching import FileWindows, sample_starts, to_device
 from modulm_data.checks import check_ids, count_bytes
 from modulm_data.tokenfile import open_token_file
 from modulm_data.tokenizers import byte_lengths, fingerprint, load_tokenizer
@@ -28,7 +28,9 @@ class TokenSource:
     """Named splits of memory-mapped token arrays, sampled with :func:`get_batch`.
 
     Each split has its own ``torch.Generator`` (seeded from ``seed``); ``state_dict()`` holds
-    their states, so a resumed run draws exactly the batches it would have drawn.
+    their states, so a resumed run draws exactly the batches it would have drawn. Batches are
+    the ones :func:`~modulm_data.batching.get_batch` draws from the same generator, read with
+    :class:`~modulm_data.batching.FileWindows` so that resident memory stays flat.
     """
 
     def __init__(self, files: dict[str, Path], vocab_size: int, seed: int = 0, tokenizer: Any = None) -> None:
@@ -36,6 +38,7 @@ class TokenSource:
         self.vocab_size = int(vocab_size)
         self.tokenizer = tokenizer
         self._arrays: dict[str, np.ndarray] = {}
+        self._readers: dict[str, FileWindows] = {}
         self.splits = tuple(s for s in SPLITS if s in self.files)
         self._generators = {split: torch.Generator().manual_seed(split_seed(seed, split)) for split in self.splits}
         self._bytes_per_token: dict[str, float | None] = {}
@@ -57,7 +60,10 @@ class TokenSource:
     def get_batch(self, split: str, batch_size: int, context_length: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)`` int64 ``(batch_size, context_length)`` windows of ``split`` on ``device``."""
         self._check_length(split, context_length)
-        return get_batch(self.tokens(split), batch_size, context_length, device, self._generators[split])
+        if split not in self._readers:
+            self._readers[split] = FileWindows(self.files[split], self.tokens(split))
+        starts = sample_starts(len(self.tokens(split)), batch_size, context_length, self._generators[split])
+        return to_device(self._readers[split].read(starts, context_length + 1), device)
 
     def bytes_per_token(self, split: str) -> float | None:
         """Mean UTF-8 bytes per token of ``split``, or None without a tokenizer."""
