@@ -1,8 +1,26 @@
-"""modulm built-in plugin: optim components (being built)."""
+"""modulm built-in plugin ``optim``: optimizers (adamw, sgd) and learning-rate schedules
+(cosine-warmup, constant, wsd). The loss and gradient clipping live in :mod:`modulm.functional`."""
 
 from modulm import hookimpl
+
+from .adamw import AdamW, adamw
+from .schedules import Constant, CosineWarmup, WarmupStableDecay, constant, cosine_warmup, get_lr_cosine_schedule, wsd
+from .sgd import SGD, sgd
+
+__all__ = [
+    "SGD",
+    "AdamW",
+    "Constant",
+    "CosineWarmup",
+    "WarmupStableDecay",
+    "get_lr_cosine_schedule",
+]
 
 
 @hookimpl
 def modulm_register_components(registry):
-    pass
+    registry.optimizer("adamw", adamw)
+    registry.optimizer("sgd", sgd)
+    registry.schedule("cosine-warmup", cosine_warmup)
+    registry.schedule("constant", constant)
+    registry.schedule("wsd", wsd)
