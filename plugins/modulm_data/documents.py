@@ -79,11 +79,11 @@ def iter_pieces(path: str | os.PathLike, separator: str, block_chars: int = BLOC
         yield buffer, False
 
 
-def count_documents(path: str | os.PathLike, separator: str) -> int:
+def count_documents(path: str | os.PathLike, separator: str, block_chars: int = BLOCK_CHARS) -> int:
     """The number of documents in one file (see the module docstring)."""
     separators = 0
     tail_has_text = False
-    for text, ends in iter_pieces(path, separator):
+    for text, ends in iter_pieces(path, separator, block_chars):
         if ends:
             separators += 1
             tail_has_text = False
@@ -108,13 +108,14 @@ def held_out_count(documents: int, val_fraction: float) -> int:
 
 
 def split_documents(
-    paths: Sequence[str | os.PathLike], separator: str, val_fraction: float, train_out: TextIO, val_out: TextIO
+    paths: Sequence[str | os.PathLike], separator: str, val_fraction: float, train_out: TextIO, val_out: TextIO,
+    block_chars: int = BLOCK_CHARS,
 ) -> SplitResult:
     """Write the first documents of ``paths`` to ``train_out`` and the last ``val_fraction`` to ``val_out``.
 
     Deterministic: the held-out documents are the last :func:`held_out_count` documents, in order.
     """
-    counts = [count_documents(path, separator) for path in paths]
+    counts = [count_documents(path, separator, block_chars) for path in paths]
     total = sum(counts)
     if total < 2:
         names = ", ".join(str(p) for p in paths)
@@ -130,7 +131,7 @@ def split_documents(
         # validation side comes after local document `switch` (a separator, since switch < count).
         switch = min(max(train_docs - first_doc, 0), count)
         seen = 0
-        for text, ends in iter_pieces(path, separator):
+        for text, ends in iter_pieces(path, separator, block_chars):
             side = "train" if seen < switch or switch == count else "val"
             (train_out if side == "train" else val_out).write(text)
             sizes[side] += len(text.encode("utf-8"))

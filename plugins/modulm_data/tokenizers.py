@@ -48,15 +48,20 @@ def fingerprint(tokenizer: Any) -> str:
 def byte_lengths(tokenizer: Any) -> np.ndarray | None:
     """UTF-8 byte length of each token id (an int64 array of ``vocab_size``), or None if unknown.
 
-    Uses the tokenizer's ``vocab`` (id -> bytes) when it has one, which is exact even for tokens
-    that hold part of a multi-byte character.
+    Read from the tokenizer's ``vocab`` (id -> bytes) or its ``token_bytes(id)``, which is exact
+    even for tokens that hold part of a multi-byte character.
     """
+    size = int(getattr(tokenizer, "vocab_size", 0))
     vocab = getattr(tokenizer, "vocab", None)
-    if not isinstance(vocab, dict) or not vocab:
+    if isinstance(vocab, dict) and vocab:
+        items = vocab.items()
+        size = max(size, max(vocab) + 1)
+    elif callable(getattr(tokenizer, "token_bytes", None)) and size:
+        items = ((token_id, tokenizer.token_bytes(token_id)) for token_id in range(size))
+    else:
         return None
-    size = max(int(getattr(tokenizer, "vocab_size", 0)), max(vocab) + 1)
     lengths = np.zeros(size, dtype=np.int64)
-    for token_id, token_bytes in vocab.items():
+    for token_id, token_bytes in items:
         if not isinstance(token_bytes, (bytes, bytearray)):
             return None
         lengths[token_id] = len(token_bytes)
