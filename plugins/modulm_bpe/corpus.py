@@ -89,8 +89,12 @@ def byte_ranges(path: str | os.PathLike, pieces: int, special_tokens: Sequence[s
     return list(zip(cuts[:-1], cuts[1:]))
 
 
-def iter_decoded(path: str | os.PathLike, begin: int, end: int, block: int = BLOCK_BYTES) -> Iterator[str]:
-    """Decode bytes ``[begin, end)`` of a UTF-8 file in blocks; bad UTF-8 is an error with its offset."""
+def iter_decoded(path: str | os.PathLike, begin: int, end: int, block: int = BLOCK_BYTES,
+                 allow_partial_end: bool = False) -> Iterator[str]:
+    """Decode bytes ``[begin, end)`` of a UTF-8 file in blocks; bad UTF-8 is an error with its offset.
+
+    ``allow_partial_end`` drops a character cut off by ``end`` instead of reporting it.
+    """
     pending = b""
     with open(path, "rb") as handle:
         handle.seek(begin)
@@ -105,12 +109,13 @@ def iter_decoded(path: str | os.PathLike, begin: int, end: int, block: int = BLO
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                if exc.end == len(data) and exc.reason == "unexpected end of data" and position < end:
+                truncated = exc.end == len(data) and exc.reason == "unexpected end of data"
+                if truncated and (position < end or allow_partial_end):
                     text, pending = data[: exc.start].decode("utf-8"), data[exc.start:]
                 else:
                     raise _utf8_error(path, data_start + exc.start, data[exc.start: exc.end]) from None
             yield text
-    if pending:
+    if pending and not allow_partial_end:
         raise _utf8_error(path, end - len(pending), pending)
 
 

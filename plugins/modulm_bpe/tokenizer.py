@@ -20,7 +20,7 @@ from modulm_bpe import files
 from modulm_bpe.pretokenize import PretokenStream, check_special_tokens, iter_pretokens
 
 #: The pre-token cache is emptied when it grows past this many entries (bounded memory).
-CACHE_ENTRIES = 1 << 20
+CACHE_ENTRIES = 1 << 18
 #: ``encode_iterable`` gathers at least this many characters before encoding them.
 ITERABLE_CHARS = 1 << 16
 _NO_RANK = 1 << 62
@@ -36,7 +36,11 @@ class _PretokenCache(dict):
     def __missing__(self, pretoken: str) -> tuple[int, ...]:
         if len(self) >= CACHE_ENTRIES:
             self.clear()
-        ids = self[pretoken] = self._bpe(pretoken.encode("utf-8"))
+        try:
+            data = pretoken.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ModulmError(f"cannot encode {pretoken!r}: {exc.reason} (lone surrogates are not text)") from None
+        ids = self[pretoken] = self._bpe(data)
         return ids
 
 

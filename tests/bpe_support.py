@@ -1,0 +1,44 @@
+"""Helpers for the BPE tests: the shared corpora and GPT-2 files, read straight from their .xz."""
+
+from __future__ import annotations
+
+import functools
+import lzma
+from pathlib import Path
+
+import pytest
+
+#: ``shared/`` lies beside the repository (in CI too: a fresh clone with shared/ next to it).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / f"{name}.xz"
+    if not path.is_file():
+        pytest.skip(f"shared corpus {path} is not available")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def corpus_text(name: str) -> str:
+    """A whole shared corpus, decompressed (cached: each is read once per test session)."""
+    with lzma.open(shared_file(name), "rt", encoding="utf-8", newline="") as handle:
+        return handle.read()
+
+
+def corpus_slice(name: str, chars: int) -> str:
+    return corpus_text(name)[:chars]
+
+
+@functools.lru_cache(maxsize=None)
+def _gpt2_bytes(name: str) -> bytes:
+    with lzma.open(shared_file(name), "rb") as handle:
+        return handle.read()
+
+
+def gpt2_files(directory: Path) -> tuple[Path, Path]:
+    """Write GPT-2's vocab.json and merges.txt (as shipped) into ``directory``."""
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    vocab.write_bytes(_gpt2_bytes("gpt2_vocab.json"))
+    merges.write_bytes(_gpt2_bytes("gpt2_merges.txt"))
+    return vocab, merges
