@@ -27,7 +27,7 @@ from modulm_data.checks import check_ids
 from modulm_data.documents import check_text_file, read_blocks, split_documents
 from modulm_data.memmap import TokenSource
 from modulm_data.prepare import CHUNK_CHARS, default_workers, encode_files
-from modulm_data.tokenfile import TOKEN_DTYPES, storage_dtype, write_json_atomic
+from modulm_data.tokenfile import TOKEN_DTYPES, make_readable, storage_dtype, write_json_atomic
 from modulm_data.tokenizers import fingerprint
 
 CACHE_FORMAT = 1
@@ -57,9 +57,10 @@ def _file_hash(path: Path) -> str:
 def _build_tokenizer(spec: Any) -> tuple[Any, dict]:
     """The tokenizer instance and a description of its settings, from a builder or a spec."""
     if isinstance(spec, (str, dict)):  # used from Python without the assembler
-        from modulm import assemble, plugins
+        from modulm.assemble import builder
+        from modulm.plugins import load
 
-        spec = assemble.builder(plugins.load().registry, "tokenizer", spec, path="data.tokenizer")
+        spec = builder(load().registry, "tokenizer", spec, path="data.tokenizer")
     if callable(spec) and hasattr(spec, "params"):
         table = spec.to_table() if hasattr(spec, "to_table") else {"component": spec.name, **dict(spec.params)}
         return spec(), table
@@ -135,7 +136,9 @@ class TextSource(TokenSource):
         self.workers = workers or default_workers()
         tok, tok_settings = _build_tokenizer(tokenizer)
         self.trained_here = not getattr(tok, "is_trained", True)
-        self.token_dtype = storage_dtype(int(tok.vocab_size), dtype)
+        self.dtype = dtype
+        if not self.trained_here:  # a bad dtype fails now, not after the encoding work
+            storage_dtype(int(tok.vocab_size), dtype)
 
         self.key = self._cache_key(tok, tok_settings)
         root = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -164,7 +167,7 @@ class TextSource(TokenSource):
             "val": [_file_hash(p) for p in self.val_paths],
             "val_fraction": self.val_fraction,
             "separator": self.separator,
-            "dtype": self.token_dtype.name,
+            "dtype": self.dtype,
             "tokenizer": tok_settings if self.trained_here else {"fingerprint": fingerprint(tok)},
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
@@ -172,6 +175,7 @@ class TextSource(TokenSource):
     def _prepare(self, tok: Any) -> None:
         work = Path(tempfile.mkdtemp(prefix=f".{self.entry.name}.", dir=self.entry.parent))
         try:
+            make_readable(work, directory=True)
             scratch = work / "text"
             scratch.mkdir()
             train_paths, val_paths, documents = self.train_paths, self.val_paths, None
@@ -185,11 +189,12 @@ class TextSource(TokenSource):
                 print(f"modulm: training the tokenizer on {', '.join(map(str, self.train_paths))}", file=sys.stderr)
                 tok.train([str(_decompressed(p, scratch)) for p in train_paths])
             tok.save(work / "tokenizer")
+            token_dtype = storage_dtype(int(tok.vocab_size), self.dtype)
             tokens, sizes = {}, {}
             for split, paths in (("train", train_paths), ("val", val_paths)):
                 if not paths:
                     continue
-                result = encode_files(paths, tok, work / f"{split}.npy", self.token_dtype, self.workers,
+                result = encode_files(paths, tok, work / f"{split}.npy", token_dtype, self.workers,
                                       self.separator, desc=f"encoding {split}")
                 if result.tokens == 0:
                     raise ModulmError(f"data.{split}: the text encodes to no tokens")
@@ -205,7 +210,7 @@ class TextSource(TokenSource):
                 "documents": documents,
                 "tokens": tokens,
                 "bytes": sizes,
-                "dtype": self.token_dtype.name,
+                "dtype": token_dtype.name,
                 "tokenizer": {
                     "class": f"{type(tok).__module__}.{type(tok).__qualname__}",
                     "vocab_size": int(tok.vocab_size),

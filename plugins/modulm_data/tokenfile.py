@@ -101,6 +101,16 @@ def storage_dtype(vocab_size: int, dtype: str = "auto") -> np.dtype:
 
 
 # -- writing ----------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file made by ``mkstemp``/``mkdtemp`` (private, 0600/0700) the usual umask permissions."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
 
 _HEADER_BYTES = 128  # a fixed-size v1.0 header, so the length can be filled in at the end
 
@@ -146,6 +156,7 @@ class NpyWriter:
     def __enter__(self) -> "NpyWriter":
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent or ".")
         self._file = os.fdopen(fd, "wb")
+        make_readable(self._tmp)
         self._file.write(_npy_header(self.dtype, 0))
         return self
 
@@ -178,6 +189,7 @@ def write_json_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        make_readable(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
