@@ -22,7 +22,7 @@ def register(subparsers) -> None:
                        help="pre-tokenization processes (default: by input size and CPUs)")
     train.add_argument("--sample-bytes", type=int, default=16 << 20, metavar="N",
                        help="measure bytes/token on the first N bytes of each input (default: 16 MiB; 0: skip)")
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bars (shown on a terminal)")
     train.set_defaults(func=run_train)
 
     encode = actions.add_parser("encode", help="print the token ids of a text")
@@ -55,7 +55,7 @@ def run_train(args) -> int:
 
     started = time.perf_counter()
     vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens,
-                              num_workers=args.workers, progress=not args.no_progress)
+                              num_workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
     elapsed = time.perf_counter() - started
     tokenizer = Tokenizer(vocab, merges, args.special_tokens)
     tokenizer.save(args.out)
