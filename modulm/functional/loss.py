@@ -65,9 +65,12 @@ def _row_losses(logits: Tensor, targets: Tensor, grad_out: Tensor | None) -> Ten
         sums = shifted.sum(dim=1, keepdim=True)  # in [1, vocab]: the maximum contributes exp(0)
         torch.sub(sums.squeeze(1).log(), target_shifted, out=losses[start:stop])
         if grad_out is not None:
-            grad = grad_out[start:stop]
+            # Narrower dtypes: finish in the compute dtype so each entry is rounded only once.
+            grad = grad_out[start:stop] if grad_out.dtype == compute else shifted
             torch.mul(shifted, sums.reciprocal_().mul_(inv_rows), out=grad)
-            grad.scatter_add_(1, target, torch.full_like(target, -inv_rows, dtype=grad.dtype))
+            grad.scatter_add_(1, target, torch.full_like(target, -inv_rows, dtype=compute))
+            if grad is shifted:
+                grad_out[start:stop].copy_(shifted)
     return losses
 
 

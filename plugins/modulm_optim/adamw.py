@@ -110,7 +110,9 @@ class AdamW(torch.optim.Optimizer):
                 torch._foreach_add_(denominators, eps)
                 torch._foreach_addcdiv_(params, exp_avgs, denominators, value=-alpha_t)
                 if weight_decay != 0:
-                    torch._foreach_mul_(params, 1 - lr * weight_decay)
+                    # theta + (-lr*wd) * theta, not theta * (1 - lr*wd): a factor within 1e-5 of 1
+                    # loses most of its digits when rounded to float32, and that error compounds.
+                    torch._foreach_add_(params, params, alpha=-lr * weight_decay)
 
 
 def adamw(
