@@ -1,0 +1,243 @@
+"""Data-loading cost against the training step it feeds, and ``prepare`` throughput; same run.
+
+1. A token file of ``--tokens`` (default 100 M) random uint16 ids is generated in a temporary
+   folder (deleted at the end). For the bench-tiny (batch 16, context 128) and bench-small
+   (batch 8, context 256) shapes it times one batch from ``MemmapSource.get_batch`` (positioned
+   reads, what training uses) and from ``modulm_data.get_batch`` on the memory map, and one
+   training step of a plain-PyTorch model of that shape (written below: nn.Linear,
+   F.scaled_dot_product_attention, torch.optim.AdamW). The ratio batch / step is the share of a
+   step spent loading data; the target is < 2 %. The file sits in the page cache (it was just
+   written), as it does after the first pass of any run.
+2. The id check of that file (a full chunked scan, then the cached result).
+3. ``prepare`` (the encoder behind ``modulm data prepare`` and the text source) on
+   ``pydocs_3.11.txt`` with GPT-2's tokenizer (modulm_bpe, built from the shared GPT-2 files) with
+   1 and 2 worker processes, in MB/s of UTF-8 text, against tiktoken's GPT-2 encoder built offline
+   from the same files (one thread), which also checks that the ids agree.
+
+    flock /tmp/modulm-bench.lock python benchmarks/bench_data.py [--tokens 100000000]
+        [--steps 10] [--batches 2000] [--repeats 5] [--skip-prepare]
+"""
+
+from __future__ import annotations
+
+import argparse
+import lzma
+import math
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modulm_data import MemmapSource, get_batch
+from modulm_data.checks import check_file_for
+from modulm_data.prepare import encode_files
+from modulm_data.tools import make_dummy
+
+SHARED = Path("/work/shared/data")
+SEP = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    d_ff: int
+    batch_size: int
+
+
+SHAPES = (
+    Shape("bench-tiny", 2048, 128, 128, 2, 4, 344, 16),
+    Shape("bench-small", 10000, 256, 512, 4, 16, 1344, 8),
+)
+
+
+# -- a plain-PyTorch model of the bench shapes --------------------------------------------------
+class PlainBlock(nn.Module):
+    """Pre-norm block: RMSNorm, causal attention with rotary positions, RMSNorm, SwiGLU."""
+
+    def __init__(self, s: Shape) -> None:
+        super().__init__()
+        self.heads = s.num_heads
+        self.attn_norm, self.ffn_norm = nn.RMSNorm(s.d_model), nn.RMSNorm(s.d_model)
+        self.qkv = nn.Linear(s.d_model, 3 * s.d_model, bias=False)
+        self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
+        self.gate = nn.Linear(s.d_model, s.d_ff, bias=False)
+        self.up = nn.Linear(s.d_model, s.d_ff, bias=False)
+        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
+        half = s.d_model // s.num_heads // 2
+        freqs = 10000.0 ** (-torch.arange(half) / half)
+        angles = torch.arange(s.context_length)[:, None] * freqs[None, :]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        first, second = x.chunk(2, dim=-1)
+        cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
+        return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(self.rotate(q), self.rotate(k), v, is_causal=True)
+        x = x + self.proj(attended.transpose(1, 2).reshape(b, t, d))
+        h = self.ffn_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+class PlainLM(nn.Module):
+    def __init__(self, s: Shape) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(s.vocab_size, s.d_model)
+        self.blocks = nn.ModuleList(PlainBlock(s) for _ in range(s.num_layers))
+        self.norm = nn.RMSNorm(s.d_model)
+        self.head = nn.Linear(s.d_model, s.vocab_size, bias=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def step_seconds(s: Shape, steps: int, warmup: int) -> float:
+    """Median time of one training step: forward, cross-entropy, backward, AdamW step, zero_grad."""
+    torch.manual_seed(0)
+    model = PlainLM(s)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    inputs = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length))
+    targets = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length))
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def per_call_seconds(fn, batches: int, repeats: int) -> float:
+    """Median over ``repeats`` of the mean time per call over ``batches`` calls (after a warm-up)."""
+    for _ in range(min(200, batches)):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(batches):
+            fn()
+        samples.append((time.perf_counter() - start) / batches)
+    return statistics.median(samples)
+
+
+# -- part 1 and 2: batches against steps, the id check --------------------------------------------
+def bench_batches(folder: Path, tokens: int, steps: int, batches: int, repeats: int) -> None:
+    path = folder / "tokens.npy"
+    start = time.perf_counter()
+    make_dummy(path, tokens, 10000, seed=0)
+    print(f"generated {tokens:,} uint16 tokens ({path.stat().st_size / 2**20:,.0f} MiB) in {time.perf_counter() - start:.1f}s")
+
+    start = time.perf_counter()
+    source = MemmapSource(str(path), 10000, seed=0)
+    first_scan = time.perf_counter() - start
+    assert check_file_for(path).exists()
+    start = time.perf_counter()
+    MemmapSource(str(path), 10000, seed=0)
+    cached = time.perf_counter() - start
+    print(f"id check: first scan {first_scan:.2f}s ({tokens / first_scan / 1e6:,.0f} M tokens/s), "
+          f"cached {cached * 1e3:.1f} ms\n")
+
+    mapped = source.tokens("train")
+    generator = torch.Generator().manual_seed(0)
+    header = f"{'shape':12} {'batch x ctx':>11} {'source.get_batch':>17} {'get_batch(memmap)':>18} {'train step':>11} {'share of step':>14}"
+    print(header)
+    print("-" * len(header))
+    for s in SHAPES:
+        from_source = per_call_seconds(lambda: source.get_batch("train", s.batch_size, s.context_length, "cpu"), batches, repeats)
+        from_map = per_call_seconds(lambda: get_batch(mapped, s.batch_size, s.context_length, "cpu", generator), batches, repeats)
+        step = step_seconds(s, steps, warmup=2)
+        print(f"{s.name:12} {f'{s.batch_size} x {s.context_length}':>11} {from_source * 1e6:>14.1f} us "
+              f"{from_map * 1e6:>15.1f} us {step * 1e3:>8.1f} ms {100 * from_source / step:>12.3f} %")
+    print(f"\ntarget: source.get_batch < 2 % of a training step (torch threads: {torch.get_num_threads()})")
+
+
+# -- part 3: prepare throughput ---------------------------------------------------------------------
+def _decompress(name: str, folder: Path) -> Path:
+    target = folder / name.removesuffix(".xz")
+    with lzma.open(SHARED / name, "rb") as src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return target
+
+
+def bench_prepare(folder: Path, repeats: int) -> None:
+    from modulm_bpe import GPT2_PATTERN, Tokenizer
+    from modulm_bpe.files import read_vocab
+
+    text_path = _decompress("pydocs_3.11.txt.xz", folder)
+    vocab_path, merges_path = _decompress("gpt2_vocab.json.xz", folder), _decompress("gpt2_merges.txt.xz", folder)
+    tokenizer = Tokenizer.from_files(vocab_path, merges_path, [SEP])
+    megabytes = text_path.stat().st_size / 1e6
+    print(f"\nprepare: {text_path.name} ({megabytes:.1f} MB), GPT-2 tokenizer (vocab {tokenizer.vocab_size:,})")
+
+    results = {}
+    for workers in (1, 2):
+        times = []
+        for _ in range(repeats):
+            fresh = Tokenizer.from_files(vocab_path, merges_path, [SEP])  # no warm pre-token cache
+            start = time.perf_counter()
+            result = encode_files([text_path], fresh, folder / "out.npy", "uint16", workers, SEP)
+            times.append(time.perf_counter() - start)
+        results[workers] = statistics.median(times)
+        print(f"  modulm, {workers} worker{'s' if workers > 1 else ' '}: {megabytes / results[workers]:6.2f} MB/s "
+              f"({result.tokens:,} tokens, {result.bytes_per_token:.3f} bytes/token)")
+    ours = np.load(folder / "out.npy")
+
+    import tiktoken
+
+    ranks = {token: token_id for token_id, token in read_vocab(vocab_path).items()}
+    encoding = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                 special_tokens={SEP: ranks.pop(SEP.encode())})
+    text = text_path.read_text(encoding="utf-8")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        reference = encoding.encode(text, allowed_special="all")
+        times.append(time.perf_counter() - start)
+    tiktoken_seconds = statistics.median(times)
+    agree = np.array_equal(ours, np.asarray(reference, dtype=np.uint16))
+    print(f"  tiktoken, 1 thread: {megabytes / tiktoken_seconds:6.2f} MB/s (ids {'identical' if agree else 'DIFFER'})")
+    print(f"  speed-up of 2 workers over 1: {results[1] / results[2]:.2f}x; "
+          f"modulm / tiktoken: {tiktoken_seconds / results[1]:.3f} (1 worker), {tiktoken_seconds / results[2]:.3f} (2 workers)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=100_000_000)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batches", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-prepare", action="store_true")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="modulm-bench-data-", dir="/tmp"))
+    try:
+        bench_batches(folder, args.tokens, args.steps, args.batches, args.repeats)
+        if not args.skip_prepare:
+            bench_prepare(folder, max(1, math.ceil(args.repeats / 2)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
