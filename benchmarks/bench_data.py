@@ -15,7 +15,10 @@
    from the same files (one thread), which also checks that the ids agree.
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_data.py [--tokens 100000000]
-        [--steps 10] [--batches 2000] [--repeats 5] [--skip-prepare]
+        [--steps 10] [--batches 2000] [--repeats 5] [--device cpu|cuda] [--skip-prepare]
+
+With ``--device cuda`` batches are copied to the GPU (pinned memory, non-blocking) and the step runs
+there; every timed call ends with ``torch.cuda.synchronize()``, so batch times include the copy.
 """
 
 from __future__ import annotations
@@ -110,20 +113,27 @@ class PlainLM(nn.Module):
         return self.head(self.norm(x))
 
 
-def step_seconds(s: Shape, steps: int, warmup: int) -> float:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_seconds(s: Shape, steps: int, warmup: int, device: str) -> float:
     """Median time of one training step: forward, cross-entropy, backward, AdamW step, zero_grad."""
     torch.manual_seed(0)
-    model = PlainLM(s)
+    model = PlainLM(s).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    inputs = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length))
-    targets = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length))
+    inputs = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length), device=device)
+    targets = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length), device=device)
     times = []
     for i in range(warmup + steps):
+        synchronize(device)
         start = time.perf_counter()
         loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -143,7 +153,7 @@ def per_call_seconds(fn, batches: int, repeats: int) -> float:
 
 
 # -- part 1 and 2: batches against steps, the id check --------------------------------------------
-def bench_batches(folder: Path, tokens: int, steps: int, batches: int, repeats: int) -> None:
+def bench_batches(folder: Path, tokens: int, steps: int, batches: int, repeats: int, device: str) -> None:
     path = folder / "tokens.npy"
     start = time.perf_counter()
     make_dummy(path, tokens, 10000, seed=0)
@@ -165,12 +175,21 @@ def bench_batches(folder: Path, tokens: int, steps: int, batches: int, repeats: 
     print(header)
     print("-" * len(header))
     for s in SHAPES:
-        from_source = per_call_seconds(lambda: source.get_batch("train", s.batch_size, s.context_length, "cpu"), batches, repeats)
-        from_map = per_call_seconds(lambda: get_batch(mapped, s.batch_size, s.context_length, "cpu", generator), batches, repeats)
-        step = step_seconds(s, steps, warmup=2)
+        def from_source_call():
+            source.get_batch("train", s.batch_size, s.context_length, device)
+            synchronize(device)
+
+        def from_map_call():
+            get_batch(mapped, s.batch_size, s.context_length, device, generator)
+            synchronize(device)
+
+        from_source = per_call_seconds(from_source_call, batches, repeats)
+        from_map = per_call_seconds(from_map_call, batches, repeats)
+        step = step_seconds(s, steps, warmup=3, device=device)
         print(f"{s.name:12} {f'{s.batch_size} x {s.context_length}':>11} {from_source * 1e6:>14.1f} us "
               f"{from_map * 1e6:>15.1f} us {step * 1e3:>8.1f} ms {100 * from_source / step:>12.3f} %")
-    print(f"\ntarget: source.get_batch < 2 % of a training step (torch threads: {torch.get_num_threads()})")
+    where = torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU, {torch.get_num_threads()} torch threads"
+    print(f"\ntarget: source.get_batch < 2 % of a training step ({where})")
 
 
 # -- part 3: prepare throughput ---------------------------------------------------------------------
@@ -228,11 +247,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batches", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--skip-prepare", action="store_true")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="modulm-bench-data-", dir="/tmp"))
     try:
-        bench_batches(folder, args.tokens, args.steps, args.batches, args.repeats)
+        bench_batches(folder, args.tokens, args.steps, args.batches, args.repeats, args.device)
         if not args.skip_prepare:
             bench_prepare(folder, max(1, math.ceil(args.repeats / 2)))
     finally:
