@@ -248,3 +248,54 @@ def test_source_batches_are_get_batch_draws(source):
         expected = get_batch(source.tokens("train"), 5, 9, "cpu", generator)
         got = source.get_batch("train", 5, 9, "cpu")
         assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+# -- the same checks through `modulm run` ------------------------------------------------------
+RUN_RECIPE = """
+[data]
+component = "memmap"
+train = "tokens.npy"
+vocab_size = 256
+
+[model]
+context_length = 16
+d_model = 16
+num_layers = 1
+num_heads = 2
+d_ff = 32
+
+[training]
+batch_size = 2
+max_iterations = 2
+
+[checkpointing]
+checkpoint_dir = "run"
+"""
+
+
+@pytest.mark.parametrize(
+    "make,overrides,message",
+    [
+        (None, [], "tokens.npy: token file not found"),
+        (lambda p: p.write_bytes(b""), [], "tokens.npy: token file is empty"),
+        (lambda p: _npy(p, range(10)), [], "train split has 10 tokens, too few for context_length 16 (needs at least 17)"),
+        (lambda p: _npy(p, [5] * 40 + [256]), [], "token id 256 at offset 40 >= vocab_size 256"),
+        (lambda p: _npy(p, range(40), np.int32), ['data.dtype="uint16"'], "dtype mismatch: the file holds int32"),
+        (lambda p: np.arange(40, dtype=np.uint16).tofile(p), ['data.train="tokens.bin"'], "needs an explicit dtype"),
+    ],
+)
+def test_bad_token_files_stop_a_run_before_it_starts(tmp_path, monkeypatch, capsys, make, overrides, message):
+    """Exit 2 with one line; no run directory (only the id check's cache file may appear)."""
+    from modulm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MODULM_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "recipe.toml").write_text(RUN_RECIPE)
+    if make is not None:
+        make(tmp_path / ("tokens.bin" if any("tokens.bin" in o for o in overrides) else "tokens.npy"))
+    before = {p.name for p in tmp_path.iterdir()}
+    code = main(["run", "recipe.toml", *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    after = {p.name for p in tmp_path.iterdir() if not p.name.endswith(checks.CHECK_SUFFIX)}
+    assert after == before
