@@ -40,6 +40,10 @@ def bytes_to_unicode() -> dict[int, str]:
 
 _BYTE_TO_CHAR = bytes_to_unicode()
 _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
+# The inverse as a str.translate table onto latin-1 characters; a character outside GPT-2's table
+# becomes U+FFFF (or stays above U+00FF), so the latin-1 encode that follows rejects it.
+_DECODE_TABLE = {code: chr(_CHAR_TO_BYTE[chr(code)]) if chr(code) in _CHAR_TO_BYTE else "\uffff"
+                 for code in range(max(map(ord, _CHAR_TO_BYTE)) + 1)}
 
 
 def token_to_text(token: bytes) -> str:
@@ -50,11 +54,10 @@ def token_to_text(token: bytes) -> str:
 def text_to_token(text: str, *, where: str = "token") -> bytes:
     """Inverse of :func:`token_to_text`; a character outside the table is a one-line error."""
     try:
-        return bytes(_CHAR_TO_BYTE[c] for c in text)
-    except KeyError as exc:
-        raise ModulmError(
-            f"{where}: character {exc.args[0]!r} is not in GPT-2's bytes-to-unicode table"
-        ) from None
+        return text.translate(_DECODE_TABLE).encode("latin-1")
+    except UnicodeEncodeError:
+        bad = next(c for c in text if c not in _CHAR_TO_BYTE)
+        raise ModulmError(f"{where}: character {bad!r} is not in GPT-2's bytes-to-unicode table") from None
 
 
 def _require(path: Path) -> None:
@@ -122,6 +125,7 @@ def read_merges(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
     except UnicodeDecodeError as exc:
         raise ModulmError(f"{path}: not UTF-8 text ({exc})") from None
     merges: list[tuple[bytes, bytes]] = []
+    decoded: dict[str, bytes] = {}  # each token text recurs in many merges
     for number, line in enumerate(lines, start=1):
         line = line.rstrip("\r")
         if not line or (number == 1 and line.startswith("#version")):
@@ -129,8 +133,13 @@ def read_merges(path: str | os.PathLike) -> list[tuple[bytes, bytes]]:
         parts = line.split(" ")
         if len(parts) != 2 or not parts[0] or not parts[1]:
             raise ModulmError(f"{path}:{number}: expected two tokens separated by one space, got {line!r}")
-        where = f"{path}:{number}"
-        merges.append((text_to_token(parts[0], where=where), text_to_token(parts[1], where=where)))
+        pair = []
+        for part in parts:
+            token = decoded.get(part)
+            if token is None:
+                token = decoded[part] = text_to_token(part, where=f"{path}:{number}")
+            pair.append(token)
+        merges.append((pair[0], pair[1]))
     return merges
 
 
