@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -41,9 +42,28 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor |
     return torch.matmul(probs, v).to(q.dtype)
 
 
+class _SiLU(torch.autograd.Function):
+    """``x * sigmoid(x)`` with a hand-written backward that allocates two tensors, not five."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.sigmoid(x).mul_(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        # d/dx (x * s) = s * (1 + x * (1 - s)) = s * (1 + x - x * s)
+        out = torch.mul(x, s)
+        torch.sub(x, out, out=out)
+        return out.add_(1).mul_(s).mul_(grad)
+
+
 def silu(x: Tensor) -> Tensor:
-    """SiLU (swish): ``x * sigmoid(x)``."""
-    return x * torch.sigmoid(x)
+    """SiLU (swish): ``x * sigmoid(x)``, elementwise, same dtype as ``x``."""
+    return _SiLU.apply(x)
 
 
 def causal_mask(num_queries: int, num_keys: int | None = None, device: torch.device | str | None = None) -> Tensor:

@@ -10,7 +10,7 @@ class _Block(nn.Module):
 
     def __init__(self, attn: nn.Module, ffn: nn.Module, ln1: nn.Module, ln2: nn.Module) -> None:
         super().__init__()
-        self.attn, self.ffn, self.ln1, self.ln2 = attn, ffn, ln1, ln2
+        self.attn, self.ln1, self.ffn, self.ln2 = attn, ln1, ffn, ln2  # the reference's key order
 
     def _attention(self, x: Tensor, token_positions: Tensor | None, kv_cache) -> Tensor:
         if kv_cache is None:  # attentions without cache support still work without a cache

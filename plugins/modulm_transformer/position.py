@@ -20,23 +20,41 @@ class RotaryPositionalEmbedding(nn.Module):
         if d_k % 2:
             raise ValueError(f"RoPE needs an even head width, got d_k={d_k}")
         self.theta, self.d_k, self.max_seq_len = theta, d_k, max_seq_len
-        inv_freq = theta ** (-torch.arange(0, d_k, 2, device=device, dtype=torch.float64) / d_k)
-        angles = torch.arange(max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
+        self._build_tables(device)
+
+    def _build_tables(self, device) -> None:
+        inv_freq = self.theta ** (-torch.arange(0, self.d_k, 2, device=device, dtype=torch.float64) / self.d_k)
+        angles = torch.arange(self.max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
         self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_seq_len, d_k / 2)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # The tables are derived data: after a move or a cast (model.to(torch.bfloat16)) rebuild
+        # them in float32 on the new device rather than keep rounded angles.
+        super()._apply(fn, recurse)
+        self._build_tables(self.cos.device)
+        return self
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
         if token_positions is None:
             cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
         else:
             cos, sin = self.cos[token_positions], self.sin[token_positions]
-        pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, d_k / 2, 2)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        # Rotating the pair (x[2i], x[2i+1]) by angle a is multiplying x[2i] + i*x[2i+1] by
+        # cos a + i*sin a: one complex product instead of four real ones, a stack and a copy.
+        rotated = torch.view_as_real(_complex_pairs(x.float()) * torch.complex(cos, sin))
         return rotated.flatten(-2).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
+
+
+def _complex_pairs(x: Tensor) -> Tensor:
+    """``x`` ``(..., d)`` viewed as ``(..., d / 2)`` complex numbers ``x[2i] + i*x[2i+1]`` (no copy if possible)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()
+    return torch.view_as_complex(pairs)
 
 
 class NoPositionalEmbedding(nn.Module):

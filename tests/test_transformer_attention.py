@@ -1,0 +1,154 @@
+"""Causal multi-head self-attention: reference agreement, fast == scratch, causality, KV cache."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modulm.assemble import create
+from modulm_transformer import CausalSelfAttention, RotaryPositionalEmbedding
+from modulm_transformer.cache import LayerKVCache
+
+seeds = st.integers(0, 2**31 - 1)
+leading_dims = st.lists(st.integers(1, 3), min_size=0, max_size=2)
+# (num_heads, head_dim) with an even head_dim so RoPE applies
+head_layouts = st.tuples(st.integers(1, 4), st.integers(1, 4).map(lambda n: 2 * n))
+
+
+def randn(seed: int, *shape: int, dtype=torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def make_attention(seed: int, num_heads: int, head_dim: int, impl: str = "sdpa", rope: bool = True,
+                   context: int = 16) -> CausalSelfAttention:
+    torch.manual_seed(seed)
+    d_model = num_heads * head_dim
+    position = RotaryPositionalEmbedding(10000.0, head_dim, context) if rope else None
+    return CausalSelfAttention(d_model, num_heads, position=position, impl=impl)
+
+
+def reference_attention(attn: CausalSelfAttention, x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """Multi-head causal attention written with torch ops, RoPE applied pair by pair."""
+    *lead, t, d = x.shape
+    h = attn.num_heads
+
+    def heads(w):
+        return F.linear(x, w).reshape(*lead, t, h, d // h).transpose(-3, -2)
+
+    q, k, v = heads(attn.q_proj.weight), heads(attn.k_proj.weight), heads(attn.v_proj.weight)
+    if isinstance(attn.position, RotaryPositionalEmbedding):
+        i = torch.arange(0, d // h, 2, dtype=torch.float64)
+        angle = torch.arange(t, dtype=torch.float64)[:, None] * theta ** (-i / (d // h))
+        cos, sin = angle.cos().float(), angle.sin().float()
+
+        def rot(z):
+            even, odd = z[..., 0::2], z[..., 1::2]
+            return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+        q, k = rot(q), rot(k)
+    mask = torch.tril(torch.ones(t, t, dtype=torch.bool))
+    scores = (q @ k.transpose(-1, -2)) / (d // h) ** 0.5
+    out = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+    return F.linear(out.transpose(-3, -2).reshape(*lead, t, d), attn.output_proj.weight)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "scratch"])
+@given(seed=seeds, lead=leading_dims, layout=head_layouts, t=st.integers(1, 8), rope=st.booleans())
+def test_attention_matches_a_reference(impl, seed, lead, layout, t, rope):
+    attn = make_attention(seed, *layout, impl=impl, rope=rope)
+    x = randn(seed, *lead, t, attn.d_model)
+    out = attn(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, reference_attention(attn, x), rtol=1e-4, atol=1e-5)
+
+
+@given(seed=seeds, lead=leading_dims, layout=head_layouts, t=st.integers(1, 8), rope=st.booleans())
+def test_fast_and_scratch_attention_agree_in_values_and_gradients(seed, lead, layout, t, rope):
+    fast = make_attention(seed, *layout, impl="sdpa", rope=rope)
+    scratch = make_attention(seed, *layout, impl="scratch", rope=rope)
+    scratch.load_state_dict(fast.state_dict())
+    x = randn(seed, *lead, t, fast.d_model)
+    out_fast, out_scratch = fast(x), scratch(x)
+    torch.testing.assert_close(out_fast, out_scratch, rtol=1e-5, atol=1e-5)
+    out_fast.square().sum().backward()
+    out_scratch.square().sum().backward()
+    for (name, p_fast), p_scratch in zip(fast.named_parameters(), scratch.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_scratch.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "scratch"])
+@given(seed=seeds, layout=head_layouts, t=st.integers(2, 8), data=st.data())
+def test_attention_is_causal(impl, seed, layout, t, data):
+    attn = make_attention(seed, *layout, impl=impl)
+    x = randn(seed, 2, t, attn.d_model)
+    cut = data.draw(st.integers(0, t - 2), label="last unchanged position")
+    changed = x.clone()
+    changed[:, cut + 1:] = randn(seed + 1, 2, t - cut - 1, attn.d_model)
+    torch.testing.assert_close(attn(changed)[:, : cut + 1], attn(x)[:, : cut + 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("impl", ["sdpa", "scratch"])
+def test_attention_output_dtype_follows_its_input(impl, dtype):
+    attn = make_attention(0, 2, 4, impl=impl).to(dtype)
+    assert attn(randn(0, 2, 5, 8, dtype=dtype)).dtype == dtype
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "scratch"])
+def test_bf16_autocast_attention_returns_bf16_close_to_fp32(impl):
+    attn = make_attention(0, 2, 8, impl=impl)
+    x = randn(1, 2, 6, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), attn(x), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "scratch"])
+@given(seed=seeds, layout=head_layouts, chunks=st.lists(st.integers(1, 4), min_size=1, max_size=4))
+def test_attention_with_a_kv_cache_equals_one_full_pass(impl, seed, layout, chunks):
+    attn = make_attention(seed, *layout, impl=impl)
+    t = sum(chunks)
+    x = randn(seed, 2, t, attn.d_model)
+    cache = LayerKVCache(max_seq_len=16)
+    outs, start = [], 0
+    for size in chunks:
+        outs.append(attn(x[:, start:start + size], kv_cache=cache))
+        start += size
+    assert cache.length == t
+    torch.testing.assert_close(torch.cat(outs, dim=1), attn(x), rtol=1e-4, atol=1e-5)
+
+
+def test_kv_cache_overflow_is_an_error():
+    attn = make_attention(0, 1, 4)
+    cache = LayerKVCache(max_seq_len=3)
+    attn(randn(0, 1, 3, 4), kv_cache=cache)
+    with pytest.raises(ValueError, match="overflow"):
+        attn(randn(1, 1, 1, 4), kv_cache=cache)
+
+
+def test_attention_rejects_bad_shapes_and_impls():
+    with pytest.raises(ValueError, match="divisible"):
+        CausalSelfAttention(10, 3)
+    with pytest.raises(ValueError, match="impl"):
+        CausalSelfAttention(8, 2, impl="flash")
+
+
+def test_attention_projections_use_the_reference_names_and_shapes():
+    attn = make_attention(0, 4, 4)
+    shapes = {k: tuple(v.shape) for k, v in attn.state_dict().items()}
+    assert shapes == {f"{p}.weight": (16, 16) for p in ("q_proj", "k_proj", "v_proj", "output_proj")}
+
+
+def test_registered_mha_builds_position_per_head(registry):
+    rope = functools.partial(registry.get("position", "rope").factory, theta=500.0)
+    attn = create(registry, "attention", {"component": "mha", "impl": "scratch"},
+                           d_model=24, num_heads=3, context_length=10, position=rope)
+    assert isinstance(attn, CausalSelfAttention) and attn.impl == "scratch"
+    assert attn.position.d_k == 8 and attn.position.max_seq_len == 10 and attn.position.theta == 500.0
+    no_position = create(registry, "attention", "mha", d_model=8, num_heads=2, context_length=4, position=None)
+    x = randn(0, 4, 8)
+    assert no_position(x).shape == x.shape
