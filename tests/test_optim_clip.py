@@ -95,3 +95,22 @@ def test_matches_torch_clip_grad_norm():
 def test_negative_limit_is_an_error():
     with pytest.raises(ValueError, match="max_l2_norm"):
         clip_gradients([], -1.0)
+
+
+@given(parameters_with_grads(), st.floats(0.01, 50.0))
+def test_the_accelerator_path_scales_like_the_cpu_path(params, max_norm):
+    from modulm.functional import grad as grad_module
+
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, c in zip(params, copies):
+        c.grad = None if p.grad is None else p.grad.clone()
+    total = clip_gradients(params, max_norm)
+    groups = {(torch.device("cpu"), torch.float32): [c.grad for c in copies if c.grad is not None]}
+    grad_module._scale_without_sync(groups, total, max_norm, 1e-6)
+    for p, c in zip(params, copies):
+        assert (p.grad is None) == (c.grad is None)
+        if p.grad is not None:
+            # the factor is formed in float32 there, in float64 here: equal to a rounding step
+            torch.testing.assert_close(c.grad, p.grad, rtol=1e-6, atol=0)
+            if float(total) < max_norm:
+                assert torch.equal(c.grad, p.grad)

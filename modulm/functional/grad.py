@@ -44,8 +44,13 @@ def clip_gradients(parameters: Iterable[Tensor], max_l2_norm: float, eps: float 
             for grads in groups.values():
                 torch._foreach_mul_(grads, max_l2_norm / (norm + eps))
         return total
-    # On an accelerator, deciding in Python would wait for the device; select the factor there.
+    _scale_without_sync(groups, total, max_l2_norm, eps)
+    return total
+
+
+def _scale_without_sync(groups: dict, total: Tensor, max_l2_norm: float, eps: float) -> None:
+    # On an accelerator, deciding in Python would wait for the device; select the factor there
+    # (a factor of exactly 1 leaves the gradients bit for bit as they were).
     scale = torch.where(total >= max_l2_norm, max_l2_norm / (total + eps), torch.ones_like(total))
     for (device, dtype), grads in groups.items():
         torch._foreach_mul_(grads, scale.to(device=device, dtype=dtype))
-    return total

@@ -59,8 +59,11 @@ def _row_losses(logits: Tensor, targets: Tensor, grad_out: Tensor | None) -> Ten
         chunk = logits[start:stop]
         target = targets[start:stop]
         shifted = scratch[: stop - start]
-        # Exact in the compute dtype: a narrower input converts to it without rounding.
-        torch.sub(chunk, chunk.amax(dim=1, keepdim=True).to(compute), out=shifted)  # entries <= 0
+        if chunk.dtype == compute:
+            torch.sub(chunk, chunk.amax(dim=1, keepdim=True), out=shifted)  # entries <= 0
+        else:  # widen first (exact), then work in cache: a mixed-dtype subtraction is much slower
+            shifted.copy_(chunk)
+            shifted.sub_(shifted.amax(dim=1, keepdim=True))
         target_shifted = shifted.gather(1, target).squeeze(1)
         # exp(d) as 2**(d * log2(e)): torch's exp2 kernel is several times faster than its exp on
         # the CPU, and the extra rounding of d * log2(e) is a relative 6e-8 * |d| (tiny where the
