@@ -16,6 +16,15 @@ from modulm_optim import AdamW
 from modulm_optim.rounds import cache_sized_rounds
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: thread hand-offs cost more than they save, and stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class HandoutAdamW(torch.optim.Optimizer):
     """CS336 Algorithm 1 written line by line, one tensor at a time: the oracle."""
 
