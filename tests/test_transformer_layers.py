@@ -12,6 +12,7 @@ from modulm_transformer import (
     Embedding, Identity, Linear, NoPositionalEmbedding, RMSNorm, RotaryPositionalEmbedding, SiLUFFN, SwiGLU,
 )
 from modulm_transformer.ffn import swiglu_width
+from modulm_transformer.position import rotate_pairs, rotate_pairs_complex
 
 seeds = st.integers(0, 2**31 - 1)
 leading_dims = st.lists(st.integers(1, 3), min_size=0, max_size=3)
@@ -221,6 +222,15 @@ def test_rope_handles_strided_inputs():
     rope = RotaryPositionalEmbedding(10000.0, 8, 16)
     x = randn(0, 16, 9)[..., 1:]  # odd storage offset
     torch.testing.assert_close(rope(x), rope(x.contiguous()))
+
+
+@given(seeds, leading_dims, st.integers(1, 6), even_widths)
+def test_rope_real_and_complex_forms_agree(seed, lead, seq, d_k):
+    """The compiled path (real arithmetic) and the eager path (a complex product) are one function."""
+    rope = RotaryPositionalEmbedding(10000.0, d_k, 8)
+    x = randn(seed, *lead, seq, d_k)
+    cos, sin = rope.cos[:seq], rope.sin[:seq]
+    torch.testing.assert_close(rotate_pairs(x, cos, sin), rotate_pairs_complex(x, cos, sin), rtol=1e-6, atol=1e-6)
 
 
 def test_rope_rejects_odd_widths():

@@ -273,3 +273,18 @@ def test_python_defaults_match_the_registered_defaults(registry):
     for key, value in by_recipe.state_dict().items():
         assert torch.equal(value, by_python.state_dict()[key]), key
     assert repr(by_recipe) == repr(by_python)
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_in_logits_and_gradients():
+    model = build(0, dict(vocab_size=32, context_length=8, d_model=16, num_layers=2, num_heads=2))
+    ids = tokens(0, 32, 2, 8)
+    eager = model(ids)
+    eager.square().mean().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    compiled = torch.compile(model)(ids)
+    compiled.square().mean().backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -40,21 +40,29 @@ class RotaryPositionalEmbedding(nn.Module):
             cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
         else:
             cos, sin = self.cos[token_positions], self.sin[token_positions]
-        # Rotating the pair (x[2i], x[2i+1]) by angle a is multiplying x[2i] + i*x[2i+1] by
-        # cos a + i*sin a: one complex product instead of four real ones, a stack and a copy.
-        rotated = torch.view_as_real(_complex_pairs(x.float()) * torch.complex(cos, sin))
-        return rotated.flatten(-2).to(x.dtype)
+        if torch.compiler.is_compiling():
+            return rotate_pairs(x, cos, sin)  # inductor fuses the real form; it cannot lower complex views
+        return rotate_pairs_complex(x, cos, sin)
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
 
 
-def _complex_pairs(x: Tensor) -> Tensor:
-    """``x`` ``(..., d)`` viewed as ``(..., d / 2)`` complex numbers ``x[2i] + i*x[2i+1]`` (no copy if possible)."""
-    pairs = x.unflatten(-1, (-1, 2))
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate each pair ``(x[2i], x[2i+1])`` by the angle whose cosine and sine are ``cos[i], sin[i]``."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).to(x.dtype)
+
+
+def rotate_pairs_complex(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """:func:`rotate_pairs` as one complex product: the pair is ``x[2i] + i*x[2i+1]``, the rotation
+    ``cos + i*sin``. In eager mode that is one kernel (forward and backward) instead of six."""
+    pairs = x.float().unflatten(-1, (-1, 2))
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()
-    return torch.view_as_complex(pairs)
+        pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers in memory
+    rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin))
+    return rotated.flatten(-2).to(x.dtype)
 
 
 class NoPositionalEmbedding(nn.Module):
