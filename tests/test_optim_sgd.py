@@ -83,4 +83,5 @@ def test_state_dict_round_trip_and_registry_build():
 
 def test_negative_lr_is_a_user_error():
     with pytest.raises(ModulmError, match="lr must be >= 0"):
-        create(builtin_registry(), "optimizer", {"component": "sgd", "lr": -1.0}, params=[("w", torch.nn.Parameter(torch.ones(1)))])
+        params = [("w", torch.nn.Parameter(torch.ones(1)))]
+        create(builtin_registry(), "optimizer", {"component": "sgd", "lr": -1.0}, params=params)
