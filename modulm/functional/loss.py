@@ -108,9 +108,9 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean negative log-likelihood of ``targets`` under ``softmax(logits)``.
 
     ``logits``: ``(..., vocab_size)`` of any float dtype; ``targets``: int ``(...)`` with values in
-    ``[0, vocab_size)``. Returns a float32 scalar (float64 for float64 logits). Its gradient with respect to ``logits`` is
-    ``(softmax(logits) - onehot(targets)) / rows`` in the logits' dtype, matching
-    ``torch.nn.functional.cross_entropy``. An empty batch gives ``nan`` (the mean of nothing).
+    ``[0, vocab_size)``. Returns a float32 scalar (float64 for float64 logits). Its gradient with
+    respect to ``logits`` is ``(softmax(logits) - onehot(targets)) / rows`` in the logits' dtype,
+    matching ``torch.nn.functional.cross_entropy``. An empty batch gives ``nan`` (the mean of nothing).
     """
     if torch.is_grad_enabled() and logits.requires_grad:
         return _CrossEntropy.apply(logits, targets)
@@ -121,5 +121,5 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 def perplexity(loss: float | Tensor) -> float | Tensor:
     """``exp(loss)`` for a mean cross-entropy in nats: a float for a float, a tensor for a tensor."""
     if isinstance(loss, Tensor):
-        return torch.exp(loss.float())
+        return torch.exp(loss.to(torch.promote_types(loss.dtype, torch.float32)))
     return math.exp(loss)
