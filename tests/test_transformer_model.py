@@ -41,6 +41,13 @@ def build(seed: int, cfg: dict, **parts) -> TransformerLM:
     return TransformerLM(**cfg, **parts)
 
 
+def assert_logits_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """float32 logits computed with other matmul shapes (batching, prefixes, caches) differ by
+    rounding, amplified through the layers: compare relative to the logits' scale."""
+    scale = 1 + expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
 def tokens(seed: int, vocab: int, *shape: int) -> torch.Tensor:
     return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -122,7 +129,7 @@ def test_prefix_logits_equal_the_first_positions_of_the_full_sequence(seed, cfg,
     model = build(seed, cfg)
     ids = tokens(seed, cfg["vocab_size"], 3, cfg["context_length"])
     prefix = data.draw(st.integers(1, cfg["context_length"]))
-    torch.testing.assert_close(model(ids[:, :prefix]), model(ids)[:, :prefix], rtol=1e-5, atol=1e-5)
+    assert_logits_close(model(ids[:, :prefix]), model(ids)[:, :prefix])
 
 
 @given(seeds, configs(), st.integers(2, 4))
@@ -131,7 +138,7 @@ def test_batch_elements_are_independent(seed, cfg, batch):
     ids = tokens(seed, cfg["vocab_size"], batch, cfg["context_length"])
     together = model(ids)
     for b in range(batch):
-        torch.testing.assert_close(together[b], model(ids[b]), rtol=1e-5, atol=1e-5)
+        assert_logits_close(together[b], model(ids[b]))
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "scratch"])
@@ -205,7 +212,7 @@ def test_cached_decoding_gives_the_logits_of_a_full_forward(registry, impl, seed
     steps = [model(ids[:, :prompt], cache=cache)]
     steps += [model(ids[:, i:i + 1], cache=cache) for i in range(prompt, t)]
     assert cache.position == t
-    torch.testing.assert_close(torch.cat(steps, dim=1), model(ids), rtol=1e-4, atol=1e-5)
+    assert_logits_close(torch.cat(steps, dim=1), model(ids))
 
 
 def test_kv_cache_reset_starts_over_and_overflow_is_an_error():
@@ -230,7 +237,7 @@ def test_cached_decoding_works_for_every_block_and_position(registry):
         ids = tokens(1, 11, 1, 6)
         cache = model.new_kv_cache(1)
         steps = torch.cat([model(ids[:, i:i + 1], cache=cache) for i in range(6)], dim=1)
-        torch.testing.assert_close(steps, model(ids), rtol=1e-4, atol=1e-5, msg=f"{block}/{position}")
+        assert_logits_close(steps, model(ids))
 
 
 # -- recipes: every part is swappable ---------------------------------------------------------------------------

@@ -43,7 +43,10 @@ class Embedding(nn.Module):
         nn.init.trunc_normal_(self.weight, mean=0.0, std=1.0, a=-3.0, b=3.0)
 
     def forward(self, token_ids: Tensor) -> Tensor:
-        return self.weight[token_ids]
+        # Same as weight[token_ids]; index_select's backward (index_add) is ~5x faster on a CPU
+        # than advanced indexing's (a sorting index_put).
+        rows = self.weight.index_select(0, token_ids.reshape(-1))
+        return rows.view(*token_ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
         return f"num_embeddings={self.num_embeddings}, embedding_dim={self.embedding_dim}"
