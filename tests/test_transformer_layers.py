@@ -105,6 +105,29 @@ def test_rmsnorm_computes_in_float32_and_returns_the_input_dtype(dtype):
     assert torch.equal(out, norm(x.float()).to(dtype))
 
 
+@pytest.mark.parametrize("shape", [(8,), (2, 3, 8)])
+def test_rmsnorm_backward_passes_gradcheck(shape):
+    norm = RMSNorm(8).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = randn(0, *shape).double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: torch.func.functional_call(norm, {"weight": w}, (x,)),
+                                    (x, norm.weight.detach().clone().requires_grad_()))
+
+
+def test_rmsnorm_gradients_match_torch():
+    norm = RMSNorm(16)
+    x = (randn(0, 4, 16) * 3).requires_grad_()
+    g = randn(1, 4, 16)
+    norm(x).backward(g)
+    ours_x, ours_w = x.grad.clone(), norm.weight.grad.clone()
+    x.grad = None
+    weight = norm.weight.detach().clone().requires_grad_()
+    F.rms_norm(x, (16,), weight, eps=1e-5).backward(g)
+    torch.testing.assert_close(ours_x, x.grad)
+    torch.testing.assert_close(ours_w, weight.grad)
+
+
 def test_identity_norm_has_no_parameters():
     x = randn(0, 2, 3)
     assert Identity()(x) is x and not list(Identity().parameters())
@@ -232,6 +255,13 @@ def test_rope_real_and_complex_forms_agree(seed, lead, seq, d_k):
     x = randn(seed, *lead, seq, d_k)
     cos, sin = rope.cos[:seq], rope.sin[:seq]
     torch.testing.assert_close(rotate_pairs(x, cos, sin), rotate_pairs_complex(x, cos, sin), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("form", [rotate_pairs, rotate_pairs_complex])
+def test_rope_backward_passes_gradcheck(form):
+    rope = RotaryPositionalEmbedding(10000.0, 6, 8)
+    x = randn(0, 2, 5, 6).double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: form(x, rope.cos[:5], rope.sin[:5]), (x,))
 
 
 def test_rope_rejects_odd_widths():

@@ -11,8 +11,8 @@ class RotaryPositionalEmbedding(nn.Module):
 
     ``forward(x, token_positions)``: ``x`` is ``(..., T, d_k)``; ``token_positions`` ``(..., T)``
     int64 (broadcast against ``x``'s leading dims; default ``arange(T)``) must be
-    ``< max_seq_len``. The cos/sin tables are non-persistent buffers. Computes in float32 and
-    returns ``x``'s dtype.
+    ``< max_seq_len``. The cos/sin tables are non-persistent float32 buffers. Computes in at least
+    float32 and returns ``x``'s dtype.
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:
@@ -50,7 +50,7 @@ class RotaryPositionalEmbedding(nn.Module):
 
 def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate each pair ``(x[2i], x[2i+1])`` by the angle whose cosine and sine are ``cos[i], sin[i]``."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
     even, odd = pairs[..., 0], pairs[..., 1]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).to(x.dtype)
 
@@ -58,7 +58,7 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def rotate_pairs_complex(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """:func:`rotate_pairs` as one complex product: the pair is ``x[2i] + i*x[2i+1]``, the rotation
     ``cos + i*sin``. In eager mode that is one kernel (forward and backward) instead of six."""
-    pairs = x.float().unflatten(-1, (-1, 2))
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
         pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers in memory
     rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin))
