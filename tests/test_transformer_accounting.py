@@ -121,3 +121,11 @@ def test_format_accounting_shows_every_part():
                  "attention_scores", "training step", "adamw_state", "bfloat16", "batch 4 x context 64"):
         assert word in text
     assert f"{parameter_counts(TransformerLM(1000, 64, 64, 2, 4, 128))['total']:,}" in text
+
+
+def test_model_methods_give_the_same_report_and_table():
+    model = TransformerLM(100, 16, 16, 1, 2, 32)
+    assert model.accounting(4, dtype="bfloat16") == model_accounting(model, 4, dtype="bfloat16")
+    text = model.accounting_text(batch_size=4, dtype="bfloat16")
+    assert text == format_accounting(model_accounting(model, 4, dtype="bfloat16"))
+    assert "stay float32" in text and "stay float32" not in model.accounting_text(batch_size=4)

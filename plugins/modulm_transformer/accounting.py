@@ -133,4 +133,7 @@ def format_accounting(report: dict[str, Any]) -> str:
     lines.append(f"memory in {memory['dtype']} ({memory['bytes_per_value']} bytes per value; activations not included)")
     for part in ("params", "grads", "adamw_state", "total"):
         lines.append(f"  {part:<28}{_human(memory[part], 'B'):>16}")
+    if memory["bytes_per_value"] < 4:
+        lines.append(f"  (under autocast the weights, gradients and AdamW state stay float32: "
+                     f"{_human(16 * params['total'], 'B')} in all)")
     return "\n".join(lines)

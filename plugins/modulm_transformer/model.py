@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from modulm import nested
 from modulm_transformer import components
+from modulm_transformer.accounting import format_accounting, model_accounting
 from modulm_transformer.cache import KVCache
 from modulm_transformer.layers import Embedding, Linear
 
@@ -63,6 +64,14 @@ class TransformerLM(nn.Module):
                 x = layer(x, positions, kv_cache=layer_cache)
             cache.position = end
         return self.lm_head(self.ln_final(x))
+
+    def accounting(self, batch_size: int = 1, context_length: int | None = None, dtype=torch.float32) -> dict:
+        """Parameters, FLOPs and memory: see :func:`modulm_transformer.accounting.model_accounting`."""
+        return model_accounting(self, batch_size, context_length, dtype)
+
+    def accounting_text(self, batch_size: int = 1, context_length: int | None = None, dtype=torch.float32) -> str:
+        """:meth:`accounting` as a text table (what ``modulm info`` prints)."""
+        return format_accounting(self.accounting(batch_size, context_length, dtype))
 
     def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None, device=None, dtype=None) -> KVCache:
         """An empty cache for decoding up to ``max_seq_len`` (default ``context_length``) positions."""
