@@ -40,7 +40,7 @@ INJECTED: dict[str, tuple[str, ...]] = {
     "attention": ("d_model", "num_heads", "context_length", "position"),
     "ffn": ("d_model", "d_ff"),
     "norm": ("d_model",),
-    "position": ("d_k", "context_length"),
+    "position": ("d_k", "context_length", "theta"),
     "optimizer": ("params",),
     "schedule": ("base_lr", "max_iterations"),
     "data": ("seed", "cache_dir"),
@@ -100,7 +100,8 @@ class Block(Protocol):
     """kind ``block``: one residual layer of a transformer, an ``nn.Module``.
 
     ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to the same shape and dtype,
-    causally. Injected: ``d_model, num_heads, d_ff, context_length`` and the builders
+    causally; an optional keyword ``kv_cache`` is passed only during cached decoding. Injected:
+    ``d_model, num_heads, d_ff, context_length`` and the builders
     ``attention, ffn, norm, position`` it builds its parts with.
     """
 
@@ -113,7 +114,8 @@ class Attention(Protocol):
 
     ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to the same shape and dtype;
     output at position ``t`` depends only on inputs ``<= t``. ``token_positions`` (``(..., T)``
-    int64, default ``arange(T)``) is passed to the position component. Injected: ``d_model,
+    int64, default ``arange(T)``) is passed to the position component; an optional keyword
+    ``kv_cache`` (a per-layer cache) is passed only during cached decoding. Injected: ``d_model,
     num_heads, context_length`` and ``position``, a builder called as ``position(d_k=…,
     context_length=…)``.
     """
@@ -149,7 +151,8 @@ class Position(Protocol):
 
     ``forward(x, token_positions)`` maps ``(..., T, d_k)`` to the same shape and dtype;
     ``token_positions`` is ``(..., T)`` int64 broadcastable against ``x``'s leading dims. Derived
-    tables are non-persistent buffers. Injected: ``d_k`` (per-head width) and ``context_length``.
+    tables are non-persistent buffers. Injected: ``d_k`` (per-head width), ``context_length`` and
+    ``theta`` (the model's ``rope_theta``; encodings without frequencies ignore it).
     """
 
     def __call__(self, x: Any, token_positions: Any) -> Any: ...
@@ -198,7 +201,8 @@ class DataSource(Protocol):
     ``tokens(split)`` returns the split as a 1-D array-like (memory-mapped, not loaded).
     ``bytes_per_token(split)`` is the mean UTF-8 bytes per token, or ``None`` when unknown;
     ``tokenizer`` is the tokenizer that made the ids, or ``None``. ``describe()`` returns short
-    human-readable lines for the run's start-up log. Injected: ``seed`` and ``cache_dir`` (where
+    human-readable lines for the run's start-up log; ``validate(context_length)`` raises a one-line
+    error naming the file at fault before training starts. Injected: ``seed`` and ``cache_dir`` (where
     derived files may be cached).
     """
 

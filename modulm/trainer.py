@@ -110,7 +110,7 @@ class Trainer:
             best_val_loss=self.best_val_loss, recipe=self.a.resolved,
             meta={"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
                   "tokens_seen": self.tokens_seen, "vocab_size": int(self.model.vocab_size),
-                  "modulm": modulm.__version__, "torch": torch.__version__, "saved_at": time.time()},
+                  "modulm": modulm.__version__, "torch": str(torch.__version__), "saved_at": time.time()},
         )
 
     def _resume(self, path: Path) -> None:
@@ -237,7 +237,7 @@ class Trainer:
         self._stop_signal = signal.Signals(signum).name
 
     def _sample(self) -> str:
-        from modulm.generate import generate
+        from modulm.sampling import generate
 
         gen = self.a.generation
         tokenizer = getattr(self.data, "tokenizer", None)

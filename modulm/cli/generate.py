@@ -49,7 +49,7 @@ def load_model_and_tokenizer(checkpoint: str | Path, registry, tokenizer_dir: st
 
 
 def run(args) -> int:
-    from modulm.generate import generate
+    from modulm.sampling import generate
     from modulm.runtime import resolve_device
 
     if args.max_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
