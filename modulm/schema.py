@@ -37,7 +37,8 @@ class Param:
             return f"{self.nested.kind}[]" if self.nested.many else self.nested.kind
         if not self.types:
             return "any"
-        return " | ".join("None" if t is type(None) else t.__name__ for t in self.types)
+        shown = [t for t in self.types if not (t is int and float in self.types)]  # float accepts int
+        return " | ".join("None" if t is type(None) else t.__name__ for t in shown)
 
 
 @dataclass(frozen=True)

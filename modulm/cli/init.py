@@ -13,10 +13,10 @@ from typing import Any
 from modulm.cli._common import plugin_manager
 from modulm.errors import ModulmError
 
-SHIPPED_CORPUS = "data/tinystories/TinyStoriesV2-GPT4-train-head2M.txt.xz"
+SHIPPED_CORPUS = "data/tinystories/tinystories_v2_train_head2M.txt.xz"
 
 STARTER = {
-    "data": {"component": "text", "train": SHIPPED_CORPUS},
+    "data": {"component": "text", "train": SHIPPED_CORPUS, "tokenizer": {"component": "bpe", "vocab_size": 4096}},
     "model": {"component": "transformer", "context_length": 256, "d_model": 128, "num_layers": 4, "num_heads": 4, "d_ff": 344},
     "training": {"batch_size": 16, "max_iterations": 1000},
     "checkpointing": {"checkpoint_dir": "runs/starter", "checkpoint_interval": 250},
@@ -42,30 +42,36 @@ def _comment(doc: str) -> list[str]:
     return [f"# {doc}"] if doc else []
 
 
-def _render_table(lines: list[str], header: str, table: dict[str, Any], schema, registry) -> None:
+def _render_table(lines: list[str], header: str, table: dict[str, Any], schema, registry, comment: str = "") -> None:
     from modulm.tomlwrite import _key, _value
 
     lines.append("")
+    lines.extend(_comment(comment))
     lines.append(header)
     if "component" in table:
         lines.append(f"component = {_value(table['component'])}")
     nested_tables = []
-    for key, value in table.items():
+    for key in (schema.names if schema is not None else list(table)):
         if key == "component":
             continue
         param = schema.get(key) if schema is not None else None
+        value = table.get(key)
         if isinstance(value, dict):
             nested_tables.append((key, value, param))
             continue
         lines.extend(_comment(param.doc if param else ""))
-        lines.append(f"{_key(key)} = {_value(value)}")
+        if value is None:  # TOML has no null: show the key, commented out
+            lines.append(f"# {_key(key)} =          (unset by default)")
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
     for key, value, param in nested_tables:
-        sub = registry.get(param.nested.kind, value["component"]).schema if param and param.nested else None
-        name = header.strip("[]")
-        _render_table(lines, f"[{name}.{key}]", value, sub, registry)
+        component = registry.get(param.nested.kind, value["component"]) if param and param.nested else None
+        _render_table(lines, f"[{header.strip('[]')}.{key}]", value, component.schema if component else None,
+                      registry, f"{key}: {component.doc}" if component else "")
 
 
 def render(registry) -> str:
+    """The starter recipe's text: every table, key and default, with the docs as comments."""
     from modulm.assemble import resolved_recipe
     from modulm.recipe import recipe_from_dict, validate
     from modulm.schema import schema_of
@@ -73,26 +79,20 @@ def render(registry) -> str:
 
     resolved = resolved_recipe(validate(recipe_from_dict(STARTER), registry))
     top = schema_of(recipe_schema)
-    lines: list[str] = []
-    for key, value in resolved.items():
-        param = top.get(key)
-        if key == "loggers":
+    lines: list[str] = [f"name = {resolved.get('name', '')!r}".replace("'", '"')]
+    for param in top.params:
+        value = resolved.get(param.name)
+        if param.name == "loggers":
+            lines += ["", "# loggers: any number of [[loggers]] tables; each receives every event"]
             for item in value:
-                lines.append("")
-                lines.append("[[loggers]]")
-                lines.append(f'component = "{item["component"]}"')
-            continue
-        if not isinstance(value, dict):
-            continue
-        if param.settings is not None:
-            schema = schema_of(param.settings)
-            lines.append("")
-            lines.append(f"# {param.settings.__doc__.splitlines()[0]}")
-        else:
-            schema = registry.get(param.nested.kind, value["component"]).schema
-            lines.append("")
-            lines.append(f"# {key}: {registry.get(param.nested.kind, value['component']).doc}")
-        _render_table(lines, f"[{key}]", value, schema, registry)
+                lines += ["[[loggers]]", f'component = "{item["component"]}"']
+        elif param.settings is not None:
+            doc = param.settings.__doc__.splitlines()[0]
+            _render_table(lines, f"[{param.name}]", value, schema_of(param.settings), registry, doc)
+        elif param.nested is not None:
+            component = registry.get(param.nested.kind, value["component"])
+            _render_table(lines, f"[{param.name}]", value, component.schema, registry,
+                          f"{param.name}: {component.doc} (alternatives: {', '.join(registry.names(param.nested.kind))})")
     return "\n".join(lines).strip() + "\n"
 
 
