@@ -1,0 +1,43 @@
+"""The recipes shipped in recipes/ validate, and each ablation changes exactly what it says."""
+
+from pathlib import Path
+
+import pytest
+
+from modulm.assemble import resolved_recipe
+from modulm.recipe import load_recipe, validate
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+ABLATIONS = {
+    "no-rmsnorm": ("norm", "none"),
+    "post-norm": ("block", "postnorm"),
+    "nope": ("position", "nope"),
+    "silu-ffn": ("ffn", "silu"),
+}
+
+
+def resolved(path: Path, registry) -> dict:
+    return resolved_recipe(validate(load_recipe(path), registry))
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipe_validates(path, registry):
+    assert resolved(path, registry)["model"]["component"] == "transformer"
+
+
+def test_handout_tinystories_settings(registry):
+    model = resolved(RECIPES / "tinystories.toml", registry)["model"]
+    assert (model["context_length"], model["d_model"], model["num_layers"], model["num_heads"], model["d_ff"]) == (256, 512, 4, 16, 1344)
+    cpu = resolved(RECIPES / "tinystories-cpu.toml", registry)
+    assert cpu["training"]["batch_size"] * cpu["training"]["max_iterations"] * cpu["model"]["context_length"] == 40_960_000
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_ablation_changes_one_part(name, registry):
+    base = resolved(RECIPES / "tinystories-cpu.toml", registry)
+    ablation = resolved(RECIPES / "ablations" / f"{name}.toml", registry)
+    part, component = ABLATIONS[name]
+    assert ablation["model"][part]["component"] == component
+    assert base["model"][part]["component"] != component
+    for key in ("data", "optimizer", "schedule", "training"):
+        assert ablation[key] == base[key]
