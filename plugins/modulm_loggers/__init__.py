@@ -89,3 +89,6 @@ def modulm_register_components(registry):
     registry.logger("console", ConsoleLogger)
     registry.logger("file", FileLogger)
     registry.logger("jsonl", JsonlLogger)
+    from modulm_loggers.trackers import TensorBoardLogger, WandbLogger
+    registry.logger("wandb", WandbLogger)
+    registry.logger("tensorboard", TensorBoardLogger)
