@@ -88,6 +88,24 @@ def test_blocks_pass_with_other_parts(block, parts):
     check_model_block(block, parts=parts, registry=REGISTRY)
 
 
+@given(seed=st.integers(0, 10_000), num_heads=st.integers(1, 3), half_head=st.integers(1, 3),
+       d_ff=st.one_of(st.none(), st.integers(1, 24)), context_length=st.integers(2, 10))
+def test_model_side_checks_hold_for_drawn_sizes(seed, num_heads, half_head, d_ff, context_length):
+    d_model = num_heads * 2 * half_head
+    for name in REGISTRY.names("ffn"):
+        check_ffn(name, d_model=d_model, d_ff=d_ff, seed=seed, registry=REGISTRY)
+    for name in REGISTRY.names("norm"):
+        check_norm(name, d_model=d_model, seed=seed, registry=REGISTRY)
+    for name in REGISTRY.names("position"):
+        check_position(name, d_k=2 * half_head, context_length=context_length, seed=seed, registry=REGISTRY)
+    for name in REGISTRY.names("attention"):
+        check_attention(name, d_model=d_model, num_heads=num_heads, context_length=context_length, seed=seed,
+                        registry=REGISTRY)
+    for name in REGISTRY.names("block"):
+        check_model_block(name, d_model=d_model, num_heads=num_heads, d_ff=d_ff, context_length=context_length,
+                          seed=seed, registry=REGISTRY)
+
+
 def test_check_component_names_the_kinds_it_knows():
     with pytest.raises(ValueError, match="no check for kind 'widget'"):
         testing.check_component("widget", "x")
@@ -530,3 +548,24 @@ def test_merged_replaces_a_table_naming_another_component():
     base = {"schedule": {"component": "constant"}, "model": {"d_model": 16, "num_layers": 1}}
     out = merged(base, {"schedule": {"component": "wsd", "warmup_iters": 1}, "model": {"d_model": 8}})
     assert out == {"schedule": {"component": "wsd", "warmup_iters": 1}, "model": {"d_model": 8, "num_layers": 1}}
+
+
+# -- the guide ---------------------------------------------------------------------------------
+def test_the_testing_guide_examples_run_in_order(tmp_path, monkeypatch, capsys, register_plugin, run_recipe):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    guide = Path(__file__).resolve().parents[1] / "docs" / "testing-plugins.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"testing-plugins.md[block {i}]", "exec"), namespace)
+    assert "changed the outputs at other positions" in capsys.readouterr().out
+    namespace["test_my_ffn_trains_in_a_recipe"](register_plugin, run_recipe)  # the fixture example, with the real fixtures
+
+
+def test_the_testing_guide_names_every_check():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "testing-plugins.md").read_text()
+    for check in testing.CHECK_FOR_KIND.values():
+        assert f"| `{check}` |" in text, check

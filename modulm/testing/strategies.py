@@ -73,8 +73,8 @@ def recipe_tables(draw: Any, kind: str, component: str | Callable[..., Any], reg
     Each parameter of a simple type (bool, int, float, a ``Literal`` choice, ``X | None``) is drawn
     or left out (its default); ``fixed`` sets parameters outright (required paths, for instance) and
     keyword strategies override the drawing for one parameter. ``component`` is a registry name
-    (looked up in ``registry``, default: the installed plugins) or a factory (the table then
-    names it ``"<factory name>"``; validate it with :func:`modulm.testing._build.component_builder`).
+    (looked up in ``registry``, default: the installed plugins; the table then starts with
+    ``"component"``) or a factory (the table holds only parameters: pass it to a check as ``config``).
     """
     from modulm.schema import schema_of
     from modulm.testing._build import registry_or_default
