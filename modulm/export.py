@@ -226,11 +226,25 @@ def export_hf_llama(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: 
     tensors = to_llama_state_dict(weights, model_recipe)
     d_ff = int(weights["layers.0.ffn.w1.weight"].shape[0]) if model_recipe["num_layers"] else 0
     out_dir = _prepare_out_dir(out_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else Path(checkpoint).parent / "tokenizer"
+    tokenizer_files = copy_tokenizer(tokenizer_dir, out_dir)
     config = llama_config(model_recipe, vocab_size, d_ff)
+    end_of_text = _first_special_id(out_dir)
+    if end_of_text is not None:  # lets transformers' generate() stop at the end of a document
+        config.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     st.save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else Path(checkpoint).parent / "tokenizer"
-    return ["config.json", WEIGHTS_FILE, *copy_tokenizer(tokenizer_dir, out_dir)]
+    return ["config.json", WEIGHTS_FILE, *tokenizer_files]
+
+
+def _first_special_id(out_dir: Path) -> int | None:
+    """The id of the tokenizer's first special token (``<|endoftext|>``), if one was exported."""
+    config_path, vocab_path = out_dir / "tokenizer_config.json", out_dir / "vocab.json"
+    if not config_path.is_file() or not vocab_path.is_file():
+        return None
+    token = json.loads(config_path.read_text(encoding="utf-8")).get("eos_token")
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    return vocab.get(token) if isinstance(token, str) and isinstance(vocab.get(token), int) else None
 
 
 def export_safetensors(checkpoint: str | Path, out_dir: str | Path) -> list[str]:

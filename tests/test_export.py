@@ -207,3 +207,5 @@ def test_tokenizer_files_are_copied_and_read_by_transformers(registry, tmp_path)
     theirs = transformers.GPT2Tokenizer.from_pretrained(tmp_path / "hf")
     text = "the cat sat on the log.<|endoftext|>the mat"
     assert theirs.encode(text) == ours.encode(text)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["eos_token_id"] == ours.encode("<|endoftext|>")[0] == theirs.eos_token_id
