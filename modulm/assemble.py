@@ -97,8 +97,8 @@ class Assembly:
     """A validated recipe with its live components, ready for :class:`modulm.trainer.Trainer`.
 
     ``settings`` holds the settings tables (``training``, ``checkpointing``, ``logging``, ``system``,
-    ``generation``) as dataclass instances; loggers are built by the trainer once the run directory
-    exists (``logger_builders``).
+    ``distributed``, ``generation``) as dataclass instances; loggers are built by the trainer once the
+    run directory exists (``logger_builders``).
     """
 
     recipe: Any
@@ -129,9 +129,11 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
              plugins: tuple[str, ...] | list[str] = ()) -> Assembly:
     """Validate a recipe (a path, a dict or a :class:`~modulm.recipe.Recipe`) and build its parts.
 
-    Order: seed, data source (``seed``, ``cache_dir``), model (``vocab_size`` from the data),
+    Order: the process group when launched by torchrun (:mod:`modulm.distributed`), seed, data
+    source (``seed``, ``cache_dir``; rank 0 first), model (``vocab_size`` from the data),
     optimizer (the model's named parameters), schedule (the optimizer's peak lr, the run length).
     """
+    from modulm import distributed
     from modulm import plugins as plugin_loading
     from modulm.recipe import Recipe, load_recipe, recipe_from_dict, validate
     from modulm.runtime import seed_everything
@@ -146,9 +148,12 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     else:
         recipe = load_recipe(recipe, overrides)
     bound = validate(recipe, registry)
-    settings = {key: bound[key] for key in ("training", "checkpointing", "logging", "system", "generation")}
+    settings = {key: bound[key] for key in ("training", "checkpointing", "logging", "system", "distributed", "generation")}
+    # Under torchrun: join the process group now, so that rank 0 alone builds any data cache first.
+    ranks = distributed.setup(settings["distributed"], settings["system"].device)
     seed_everything(settings["system"].seed)
-    data = bound["data"](seed=settings["system"].seed, cache_dir=cache_dir())
+    with distributed.main_first(ranks):
+        data = bound["data"](seed=settings["system"].seed, cache_dir=cache_dir())
     model = bound["model"](vocab_size=data.vocab_size)
     optimizer = bound["optimizer"](params=list(model.named_parameters()))
     base_lr = optimizer.defaults.get("lr", optimizer.param_groups[0]["lr"])

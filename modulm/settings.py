@@ -16,7 +16,7 @@ from modulm.kinds import nested
 class TrainingSettings:
     """[training]: the optimisation loop.
 
-    batch_size: sequences per optimizer step (per process), split into grad_accum_steps micro-batches
+    batch_size: sequences per optimizer step per process (the global batch is batch_size x processes), split into grad_accum_steps micro-batches
     max_iterations: optimizer steps in the run
     grad_clip: clip gradients to this global L2 norm (0 disables)
     grad_accum_steps: micro-batches accumulated per optimizer step
@@ -81,6 +81,18 @@ class SystemSettings:
 
 
 @dataclass
+class DistributedSettings:
+    """[distributed]: data-parallel training when launched by torchrun or ``modulm run --nproc N``.
+
+    backend: "auto" (nccl on CUDA, gloo on CPU), "nccl" or "gloo"
+    timeout_seconds: how long a collective waits for the other ranks; past it the job fails with an error instead of hanging
+    """
+
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    timeout_seconds: int = 300
+
+
+@dataclass
 class GenerationSettings:
     """[generation]: the sample printed at the end of a run.
 
@@ -106,6 +118,7 @@ def recipe_schema(
     checkpointing: CheckpointSettings = CheckpointSettings,
     logging: LoggingSettings = LoggingSettings,
     system: SystemSettings = SystemSettings,
+    distributed: DistributedSettings = DistributedSettings,
     generation: GenerationSettings = GenerationSettings,
     name: str = "",
 ):

@@ -5,6 +5,11 @@ runs it: resume if asked, then per step — learning rate from the schedule, for
 ``grad_accum_steps`` micro-batches, gradient clipping, optimizer step — with logging, periodic
 evaluation and checkpoints at their intervals, and at the end a final checkpoint, a full
 evaluation and a generated sample. It reads no TOML and no global state.
+
+Under torchrun the same loop runs on every rank (:mod:`modulm.distributed`): the model is wrapped
+in DistributedDataParallel, each rank reads its rows of the global batch, the logged loss and the
+evaluation are reduced over the ranks, the ranks agree on when to stop, and rank 0 alone writes
+the run directory.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 import torch
 
 import modulm
-from modulm import rundir
+from modulm import distributed, rundir
 from modulm.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from modulm.errors import ModulmError
 from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
@@ -52,15 +57,20 @@ class Trainer:
         self.a = assembly
         self.training, self.ckpt = assembly.training, assembly.checkpointing
         self.logging, self.system = assembly.logging, assembly.system
-        self.device = resolve_device(self.system.device)
+        self.dist = distributed.setup(getattr(assembly, "distributed", None), self.system.device)
+        self.device = distributed.device_for(resolve_device(self.system.device), self.dist)
         self.model = unwrap(assembly.model).to(self.device)
-        self.forward = torch.compile(self.model) if self.system.compile else self.model
-        self.optimizer, self.schedule, self.data = assembly.optimizer, assembly.schedule, assembly.data
+        self.ddp = self.dist.wrap(self.model)  # None in a single process
+        trained = self.model if self.ddp is None else self.ddp
+        self.forward = torch.compile(trained) if self.system.compile else trained
+        self.optimizer, self.schedule = assembly.optimizer, assembly.schedule
+        self.data = self.dist.shard_data(assembly.data)
         self.context_length = int(self.model.context_length)
         if self.training.batch_size % self.training.grad_accum_steps:
             raise ModulmError(f"training.batch_size {self.training.batch_size} is not divisible by "
                               f"training.grad_accum_steps {self.training.grad_accum_steps}")
-        self.micro_batch = self.training.batch_size // self.training.grad_accum_steps
+        self.micro_batch = self.training.batch_size // self.training.grad_accum_steps  # per process
+        self.global_batch = self.training.batch_size * self.dist.world_size
         self.scaler = grad_scaler(self.device, self.system.dtype)
         self.iteration, self.best_val_loss, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
         self.loggers: list[Any] = []
@@ -77,25 +87,38 @@ class Trainer:
     def _start(self) -> Path | None:
         if hasattr(self.data, "validate"):  # before the run directory exists: bad data writes nothing
             self.data.validate(self.context_length)
-        run_dir, resume_path = rundir.prepare(self.ckpt)
+        run_dir, resume_path = self.dist.on_main(self._prepare_run_dir)
         self.run_dir = run_dir
+        if self.dist.enabled and resume_path is not None and not resume_path.is_file():
+            raise ModulmError(f"rank {self.dist.rank} cannot read {resume_path}: a multi-node run needs "
+                              "checkpointing.checkpoint_dir on a filesystem every node shares")
+        if self.dist.is_main:
+            self.loggers = [build(run_dir=run_dir) for build in self.a.logger_builders]
+        return resume_path
+
+    def _prepare_run_dir(self) -> tuple[Path, Path | None]:
+        run_dir, resume_path = rundir.prepare(self.ckpt)
         atomic_write_text(run_dir / rundir.RECIPE, dumps(self.a.resolved))
         tokenizer = getattr(self.data, "tokenizer", None)
         if tokenizer is not None and hasattr(tokenizer, "save") and not (run_dir / rundir.TOKENIZER).exists():
             tokenizer.save(run_dir / rundir.TOKENIZER)
-        self.loggers = [build(run_dir=run_dir) for build in self.a.logger_builders]
-        return resume_path
+        return run_dir, resume_path
 
     def _start_lines(self, resume_path: Path | None) -> list[str]:
         params = sum(p.numel() for p in self.model.parameters())
         embedding = sum(p.numel() for n, p in self.model.named_parameters() if "embedding" in n)
-        tokens_per_step = self.training.batch_size * self.context_length
+        tokens_per_step = self.global_batch * self.context_length
         lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
                  f"Using device: {self.device} | dtype: {self.system.dtype} | compile: {self.system.compile}"]
+        if self.dist.enabled:
+            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), DistributedDataParallel; "
+                         "rank 0 writes the run directory")
         lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
+        per_step = (f"{self.training.batch_size} sequences" if not self.dist.enabled else
+                    f"{self.training.batch_size} sequences per process x {self.dist.world_size} processes")
         lines += [f"Model initialized with {params:,} trainable parameters ({params - embedding:,} non-embedding)",
-                  f"Batch: {self.training.batch_size} sequences x {self.context_length} tokens = {tokens_per_step:,} "
-                  f"tokens per step (global batch = {self.training.batch_size}, grad_accum_steps = {self.training.grad_accum_steps})",
+                  f"Batch: {per_step} x {self.context_length} tokens = {tokens_per_step:,} "
+                  f"tokens per step (global batch = {self.global_batch}, grad_accum_steps = {self.training.grad_accum_steps})",
                   f"Run directory: {self.run_dir}"]
         if resume_path is not None:
             lines.append(f"Resuming from {resume_path} at iteration {self.iteration}")
@@ -104,8 +127,15 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save(self, path: Path, loss: float | None = None) -> None:
+        """Rank 0 writes; under torchrun every rank calls this (its sampler and RNG states are gathered)."""
+        per_rank = {}
+        if self.dist.enabled:
+            data_states, rngs = zip(*self.dist.gather((self.data.state_dict(), rng_state())))
+            per_rank = {"distributed": {"world_size": self.dist.world_size, "data": list(data_states), "rng": list(rngs)}}
+        if not self.dist.is_main:
+            return
         save_checkpoint(
-            self.model, self.optimizer, self.iteration, path,
+            self.model, self.optimizer, self.iteration, path, **per_rank,
             data=self.data.state_dict(), rng=rng_state(), scaler=self.scaler.state_dict(),
             best_val_loss=self.best_val_loss, recipe=self.a.resolved,
             meta={"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
@@ -119,9 +149,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
         if "data" in state:
-            self.data.load_state_dict(state["data"])
+            self.data.load_state_dict(self.dist.own_state(state, "data"))
         if "rng" in state:
-            set_rng_state(state["rng"])
+            set_rng_state(self.dist.own_state(state, "rng"))
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.best_val_loss = float(state.get("best_val_loss", math.inf))
@@ -133,9 +163,12 @@ class Trainer:
         if "val" not in getattr(self.data, "splits", ()):
             return None
         tokens = self.data.tokens("val")
-        windows = (full_windows(tokens, self.micro_batch, self.context_length) if full else
-                   sampled_windows(tokens, self.logging.eval_iters, self.micro_batch, self.context_length))
-        result = evaluate(self.forward, windows, self.device, self._autocast, self.data.bytes_per_token("val"))
+        batch = self.micro_batch * self.dist.world_size  # the windows one process would see; each rank takes its rows
+        windows = (full_windows(tokens, batch, self.context_length) if full else
+                   sampled_windows(tokens, self.logging.eval_iters, batch, self.context_length))
+        result = evaluate(self.forward, self.dist.shard_rows(windows), self.device, self._autocast,
+                          self.data.bytes_per_token("val"))
+        result = self.dist.reduce_eval(result)
         self._log(event="eval", step=self.iteration, val_loss=result.loss, val_perplexity=result.perplexity,
                   val_bpb=result.bits_per_byte, eval_time=result.seconds, eval_tokens=result.tokens,
                   scope="full" if full else "sampled", split_size=len(tokens) if full else None,
@@ -151,12 +184,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for _ in range(self.training.grad_accum_steps):
+        for micro_step in range(self.training.grad_accum_steps):
             inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
-            with self._autocast():
-                logits = self.forward(inputs)
-            loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
-            self.scaler.scale(loss).backward()
+            with self.dist.no_sync(self.ddp, last_micro_step=micro_step == self.training.grad_accum_steps - 1):
+                with self._autocast():
+                    logits = self.forward(inputs)
+                loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -164,7 +198,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(total), (float(norm) if norm is not None else float("nan"))
+        return self.dist.mean(float(total)), (float(norm) if norm is not None else float("nan"))
 
     def _diverged(self, loss: float) -> TrainingDiverged:
         periodic = rundir.periodic_checkpoints(self.run_dir)
@@ -181,14 +215,14 @@ class Trainer:
         result = RunResult(self.iteration, run_dir=self.run_dir)
         self._log(event="start", lines=self._start_lines(resume_path), step=self.iteration)
         last_stop = self.training.max_iterations if stop_at is None else min(stop_at, self.training.max_iterations)
-        tokens_per_step = self.training.batch_size * self.context_length
+        tokens_per_step = self.global_batch * self.context_length
         previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
         for sig in previous:
             signal.signal(sig, self._on_signal)
         try:
             self.model.train()
             window_start, window_steps = time.perf_counter(), 0
-            while self.iteration < last_stop and self._stop_signal is None:
+            while self.iteration < last_stop and not self._stop_requested():
                 step_start = time.perf_counter()
                 loss, grad_norm = self._step()
                 if not math.isfinite(loss):
@@ -212,18 +246,21 @@ class Trainer:
                     window_start = time.perf_counter()
                 if self.ckpt.checkpoint_interval and self.iteration % self.ckpt.checkpoint_interval == 0:
                     self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", loss)
-                    rundir.prune(self.run_dir, self.ckpt.keep_last)
+                    if self.dist.is_main:
+                        rundir.prune(self.run_dir, self.ckpt.keep_last)
             result.iterations = self.iteration
-            if self._stop_signal is not None or self.iteration < self.training.max_iterations:
-                result.interrupted = self._stop_signal is not None
+            stopped = self._stop_requested()
+            if stopped or self.iteration < self.training.max_iterations:
+                result.interrupted = stopped
                 self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
-                why = f"received {self._stop_signal}" if self._stop_signal else f"stopped at iteration {self.iteration}"
+                signal_name = self._stop_signal or "a stop signal on another rank"
+                why = f"received {signal_name}" if stopped else f"stopped at iteration {self.iteration}"
                 self._log(event="message", text=f"{why}; saved checkpoint_{self.iteration}.pt; run the same "
                           "command again to resume")
                 return result
             self._save(self.run_dir / rundir.FINAL, result.train_losses.get(self.iteration - 1))
             result.final_eval = self._evaluate(full=self.logging.final_eval == "full")
-            result.sample = self._sample()
+            result.sample = self._sample() if self.dist.is_main else ""
             self._log(event="end", lines=[f"Training complete: {self.iteration} iterations in {self.elapsed:.1f}s "
                                           f"({self.tokens_seen:,} tokens)"], step=self.iteration)
             return result
@@ -235,6 +272,10 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signal.Signals(signum).name
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop now; under torchrun all ranks agree (a signal may reach only some)."""
+        return self.dist.any(self._stop_signal is not None)
 
     def _sample(self) -> str:
         from modulm.sampling import generate

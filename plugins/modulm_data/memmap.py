@@ -42,6 +42,7 @@ class TokenSource:
         self.splits = tuple(s for s in SPLITS if s in self.files)
         self._generators = {split: torch.Generator().manual_seed(split_seed(seed, split)) for split in self.splits}
         self._bytes_per_token: dict[str, float | None] = {}
+        self._rank, self._world_size = 0, 1
 
     # -- the DataSource contract ------------------------------------------------------------
     def tokens(self, split: str) -> np.ndarray:
@@ -62,8 +63,21 @@ class TokenSource:
         self._check_length(split, context_length)
         if split not in self._readers:
             self._readers[split] = FileWindows(self.files[split], self.tokens(split))
-        starts = sample_starts(len(self.tokens(split)), batch_size, context_length, self._generators[split])
+        rows = slice(self._rank * batch_size, (self._rank + 1) * batch_size)
+        starts = sample_starts(len(self.tokens(split)), batch_size * self._world_size, context_length, self._generators[split])[rows]
         return to_device(self._readers[split].read(starts, context_length + 1), device)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """Serve process ``rank`` of ``world_size`` its rows of each global batch.
+
+        Afterwards ``get_batch(split, b, ...)`` draws the starts of a global batch of ``b *
+        world_size`` rows from the split's generator (the same draw on every rank) and returns rows
+        ``rank * b`` to ``(rank + 1) * b``: the processes together see exactly the batch that one
+        process with batch ``b * world_size`` would, and every rank's generator state stays equal.
+        """
+        if not 0 <= rank < world_size:
+            raise ModulmError(f"data: rank {rank} is outside a world of {world_size} processes")
+        self._rank, self._world_size = int(rank), int(world_size)
 
     def bytes_per_token(self, split: str) -> float | None:
         """Mean UTF-8 bytes per token of ``split``, or None without a tokenizer."""
