@@ -25,8 +25,9 @@ def _windows_found(tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return found
 
 
-def _draws(source: Any, split: str, n: int, batch_size: int, context_length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [source.get_batch(split, batch_size, context_length, "cpu") for _ in range(n)]
+def _draws(source: Any, split: str, n: int, batch_size: int, context_length: int,
+           device: str = "cpu") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [source.get_batch(split, batch_size, context_length, device) for _ in range(n)]
 
 
 def _same(a: list, b: list) -> bool:
@@ -36,10 +37,10 @@ def _same(a: list, b: list) -> bool:
 @one_thread
 def check_data_source(component: str | Callable[..., Any], config: Mapping[str, Any] | None = None, *,
                       batch_size: int = 4, context_length: int = 8, seed: int = 0,
-                      cache_dir: str | Path | None = None, registry: Any = None) -> None:
+                      cache_dir: str | Path | None = None, device: str = "cpu", registry: Any = None) -> None:
     """Check the ``data`` contract on every split the source offers.
 
-    ``get_batch`` returns int64 ``(batch_size, context_length)`` tensors on the CPU with ids in
+    ``get_batch`` returns int64 ``(batch_size, context_length)`` tensors on ``device`` with ids in
     ``[0, vocab_size)``; each input row is a contiguous window of ``tokens(split)`` and its targets
     are the same window shifted by one. Two sources with the same seed draw the same batches; a
     source that loads another's ``state_dict()`` (through a checkpoint) draws exactly the batches
@@ -62,7 +63,7 @@ def check_data_source(component: str | Callable[..., Any], config: Mapping[str, 
         if hasattr(source, "validate"):
             source.validate(context_length)
         for split in source.splits:
-            _check_split(label, source, split, vocab, batch_size, context_length)
+            _check_split(label, source, split, vocab, batch_size, context_length, device)
             if hasattr(source, "validate"):
                 too_long = len(source.tokens(split))
                 try:
@@ -82,7 +83,8 @@ def check_data_source(component: str | Callable[..., Any], config: Mapping[str, 
         _check_resume(label, make, cache, seed, batch_size, context_length)
 
 
-def _check_split(label: str, source: Any, split: str, vocab: int, batch_size: int, context_length: int) -> None:
+def _check_split(label: str, source: Any, split: str, vocab: int, batch_size: int, context_length: int,
+                 device: str) -> None:
     tokens = np.asarray(source.tokens(split))
     assert tokens.ndim == 1 and len(tokens) > context_length, (
         f"{label}: tokens({split!r}) has shape {tokens.shape}; the check needs more than context_length={context_length}"
@@ -91,12 +93,13 @@ def _check_split(label: str, source: Any, split: str, vocab: int, batch_size: in
     assert per_token is None or (isinstance(per_token, float) and per_token > 0), (
         f"{label}: bytes_per_token({split!r}) = {per_token!r}"
     )
-    for x, y in _draws(source, split, 3, batch_size, context_length):
+    for x, y in _draws(source, split, 3, batch_size, context_length, device):
         for name, t in (("inputs", x), ("targets", y)):
             assert isinstance(t, torch.Tensor) and t.dtype == torch.int64, f"{label}: {split} {name} are {getattr(t, 'dtype', type(t))}, not int64"
             assert t.shape == (batch_size, context_length), f"{label}: {split} {name} have shape {tuple(t.shape)}, expected {(batch_size, context_length)}"
-            assert t.device.type == "cpu", f"{label}: {split} {name} are on {t.device}, 'cpu' was asked"
+            assert t.device.type == torch.device(device).type, f"{label}: {split} {name} are on {t.device}, {device!r} was asked"
             assert int(t.min()) >= 0 and int(t.max()) < vocab, f"{label}: {split} {name} hold ids outside [0, {vocab})"
+        x, y = x.cpu(), y.cpu()
         assert torch.equal(y[:, :-1], x[:, 1:]), f"{label}: {split} targets are not the inputs shifted by one"
         rows = torch.cat([x, y[:, -1:]], dim=1).numpy()
         found = _windows_found(tokens, rows)

@@ -13,8 +13,9 @@ import torch
 
 from modulm.kinds import INTERFACES
 from modulm.testing._build import component_builder, describe, part_builders
-from modulm.testing._torch import (check_causal, check_deterministic, check_gradients, check_module, one_thread,
-                                   check_positionwise, check_state_round_trip, close, randint, randn, seeded)
+from modulm.testing._torch import (check_causal, check_deterministic, check_gradients, check_module,
+                                   check_positionwise, check_state_round_trip, close, one_thread, randint, randn,
+                                   seeded)
 
 DTYPES = (torch.float32, torch.bfloat16)
 LEADING = ((), (2,), (2, 1))  # leading dims the (..., T, d) contracts are exercised with
