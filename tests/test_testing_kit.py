@@ -569,3 +569,17 @@ def test_the_testing_guide_names_every_check():
     text = (Path(__file__).resolve().parents[1] / "docs" / "testing-plugins.md").read_text()
     for check in testing.CHECK_FOR_KIND.values():
         assert f"| `{check}` |" in text, check
+
+
+def test_the_checks_work_without_the_testing_extra(tmp_path):
+    """Plain `pip install modulm`: no pytest, no hypothesis (both shadowed here by modules that fail)."""
+    import os
+    import subprocess
+
+    for missing in ("pytest", "hypothesis"):
+        (tmp_path / f"{missing}.py").write_text(f"raise ImportError('{missing} is not installed')\n")
+    code = ("import sys, modulm.testing as t; t.check_schedule('constant'); t.check_norm('rmsnorm'); "
+            "assert not [m for m in sys.modules if m.startswith(('pytest', 'hypothesis'))]")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
