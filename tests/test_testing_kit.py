@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from modulm import hookimpl, testing
+from modulm import hookimpl, nested, testing
 from modulm.assemble import builder, create
 from modulm.testing import (check_attention, check_data_source, check_ffn, check_logger, check_model,
                             check_model_block, check_norm, check_optimizer, check_position, check_schedule,
@@ -104,6 +104,19 @@ def test_model_side_checks_hold_for_drawn_sizes(seed, num_heads, half_head, d_ff
     for name in REGISTRY.names("block"):
         check_model_block(name, d_model=d_model, num_heads=num_heads, d_ff=d_ff, context_length=context_length,
                           seed=seed, registry=REGISTRY)
+
+
+def model_with_a_nested_norm(norm: nested("norm") = "rmsnorm", *, vocab_size: int):
+    """A factory with a nested component: the check resolves it from the registry."""
+    assert norm.kind == "norm"
+    return create(REGISTRY, "model", {"component": "transformer", **TINY_MODEL, "norm": norm.to_table()},
+                  vocab_size=vocab_size)
+
+
+@pytest.mark.parametrize("norm", ["none", {"component": "rmsnorm", "eps": 1e-3}])
+def test_a_factory_with_nested_components_is_checked_with_the_registry(norm):
+    check_model(model_with_a_nested_norm, {"norm": norm}, registry=REGISTRY)
+    assert ("model", "<checked>-model_with_a_nested_norm") not in REGISTRY  # registered only while binding
 
 
 def test_check_component_names_the_kinds_it_knows():
