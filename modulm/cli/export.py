@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-FORMATS = ("hf-llama", "safetensors")
+from modulm.export import FORMATS  # light: the heavy imports happen inside the export functions
 
 
 def register(subparsers) -> None:
