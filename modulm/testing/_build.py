@@ -5,13 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Mapping
 
-from modulm.kinds import INJECTED
-
 CHECKED = "<checked>"  # the plugin name a checked factory is registered under
 
 
 def registry_or_default(registry: Any = None) -> Any:
-    """``registry`` itself, or a fresh one filled from the installed entry points."""
+    """``registry`` itself, or one filled from the installed entry points (built once per process)."""
     if registry is not None:
         return registry
     return _default_registry()
@@ -77,8 +75,3 @@ def part_builders(parts: Mapping[str, Any] | None, registry: Any, theta: float =
             out[kind] = component_builder(kind, spec, None, registry)
     out["position"] = functools.partial(out["position"], theta=theta)
     return out
-
-
-def only_injected(kind: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of ``values`` that the builder of ``kind`` injects."""
-    return {k: v for k, v in values.items() if k in INJECTED[kind]}

@@ -83,12 +83,8 @@ def check_optimizer(component: str | Callable[..., Any], config: Mapping[str, An
     assert torch.equal(frozen.detach(), torch.ones(3)), f"{label}: a parameter whose .grad is None was changed"
 
     _check_resume(label, make, lr, seed)
-    if "weight_decay" in _param_names(make):
+    if "weight_decay" in make.params:  # recipe parameters, defaults filled in
         _check_weight_decay(label, component, config, registry, lr)
-
-
-def _param_names(make: Any) -> list[str]:
-    return [p.name for p in make.component.schema.params] if hasattr(make, "component") else list(make.params)
 
 
 def _check_resume(label: str, make: Callable[..., Any], lr: float | None, seed: int) -> None:
