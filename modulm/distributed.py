@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator
@@ -228,8 +229,13 @@ def report_lost_ranks() -> Iterator[None]:
 
 
 def teardown() -> None:
-    """Leave the process group (idempotent)."""
+    """Leave the process group (idempotent).
+
+    Unreachable DDP wrappers are collected first: a DDP reducer that outlives its process group
+    can abort the process at exit ("terminate called without an active exception", gloo).
+    """
     global _current
     if _current is not None and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
     _current = None

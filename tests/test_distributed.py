@@ -252,3 +252,30 @@ def test_a_stalled_rank_fails_the_others_within_the_timeout(tmp_path):
     assert "modulm: error: rank 0/2: lost contact with the other ranks" in err
     assert f"distributed.timeout_seconds = {timeout}" in err
     assert timeout - 1 < waited < timeout + 20
+
+
+@pytest.mark.distributed
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    recipe = tiny_recipe(tmp_path, "run", 4, training__max_iterations=10**6, logging__eval_interval=0,
+                         checkpointing__checkpoint_interval=0)
+    path = write_recipe(tmp_path, recipe, "r")
+    env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-m", "modulm", "run", str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in range(2)]
+    try:
+        wait_for_training(tmp_path / "run", ranks[0])
+        os.kill(ranks[1].pid, signal.SIGTERM)
+        outputs = [process.communicate(timeout=60) for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+    assert [process.returncode for process in ranks] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    saved = rundir_checkpoints(tmp_path / "run")
+    assert len(saved) == 1
+    assert f"received a stop signal on another rank; saved {saved[0].name}" in outputs[0][0]
+    assert read_checkpoint(saved[0])["iteration"] == max(losses(tmp_path / "run")) + 1
+
+
+def rundir_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("checkpoint_*.pt"))

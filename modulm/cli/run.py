@@ -25,15 +25,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from modulm import distributed
+    from modulm.recipe import load_recipe, validate
+
     if args.nproc < 1:
         raise ModulmError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc > 1:
-        return launch(args)
-    from modulm import distributed
-    from modulm.assemble import assemble
-    from modulm.recipe import load_recipe
-    from modulm.trainer import Trainer
-
     overrides = list(args.overrides)
     if args.overwrite:
         overrides.append("checkpointing.overwrite=true")
@@ -41,12 +37,34 @@ def run(args) -> int:
         overrides.append(f"checkpointing.resume_from={args.resume!r}")
     pm = plugin_manager(args)
     recipe = load_recipe(args.recipe, overrides)
+    if args.nproc > 1:
+        validate(recipe, pm.registry)  # recipe mistakes: one line here, not one traceback per process
+        return launch(args)
     try:
-        with distributed.report_lost_ranks():
-            Trainer(assemble(recipe, pm.registry)).run()
+        failure = _train(recipe, pm.registry, args.debug)
     finally:
         distributed.teardown()
+    if failure is not None:
+        raise failure
     return 0
+
+
+def _train(recipe, registry, debug: bool):
+    """Train. Under torchrun a ModulmError is returned bare instead of raised: its traceback would
+    keep the DDP model alive past the process group's teardown, which can abort the process at exit."""
+    from modulm import distributed
+    from modulm.assemble import assemble
+    from modulm.trainer import Trainer
+
+    try:
+        with distributed.report_lost_ranks():
+            Trainer(assemble(recipe, registry)).run()
+    except ModulmError as exc:
+        if debug or not distributed.current().enabled:
+            raise
+        exc.__traceback__ = exc.__cause__ = exc.__context__ = None
+        return exc
+    return None
 
 
 def launch(args) -> int:
