@@ -82,7 +82,7 @@ class SystemSettings:
 
 @dataclass
 class DistributedSettings:
-    """[distributed]: data-parallel training when launched by torchrun or ``modulm run --nproc N``.
+    """[distributed]: data-parallel training, when launched by torchrun or modulm run --nproc N.
 
     backend: "auto" (nccl on CUDA, gloo on CPU), "nccl" or "gloo"
     timeout_seconds: how long a collective waits for the other ranks; past it the job fails with an error instead of hanging
