@@ -144,10 +144,17 @@ def two_process_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess
     return root, done
 
 
+@pytest.fixture(scope="module")
+def one_process_run(two_process_run):
+    """The same 8 steps in this process with the global batch, 8 (2 micro-batches of 4)."""
+    root, _ = two_process_run
+    return Trainer(assemble(tiny_recipe(root, "one", 8))).run()
+
+
 @pytest.mark.distributed
-def test_two_processes_match_one_process_with_twice_the_batch(two_process_run):
+def test_two_processes_match_one_process_with_twice_the_batch(two_process_run, one_process_run):
     root, done = two_process_run
-    single = Trainer(assemble(tiny_recipe(root, "one", 8))).run()
+    single = one_process_run
     two = losses(root / "two")
     assert sorted(two) == list(range(8))  # rank 0 alone logged: every step exactly once
     for step, loss in single.train_losses.items():
@@ -180,6 +187,17 @@ def test_resume_of_a_two_process_run_continues_exactly(two_process_run):
     one = Trainer(assemble(tiny_recipe(root, "one_resumed", 8, checkpointing__resume_from=str(checkpoint)))).run()
     assert sorted(one.train_losses) == [4, 5, 6, 7]
     assert all(abs(one.train_losses[step] - original[step]) < 1e-5 for step in one.train_losses)
+
+
+@pytest.mark.distributed
+def test_a_single_process_checkpoint_continues_in_two_processes(two_process_run, one_process_run):
+    root, _ = two_process_run
+    checkpoint = root / "one" / "checkpoint_4.pt"
+    resumed = launch_two(write_recipe(root, tiny_recipe(root, "two_from_one", 4), "two_from_one"), "--resume", str(checkpoint))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = losses(root / "two_from_one")
+    assert sorted(again) == [4, 5, 6, 7]
+    assert all(abs(again[step] - one_process_run.train_losses[step]) < 1e-5 for step in again)
 
 
 def worker_pids(launcher: int) -> dict[int, int]:
