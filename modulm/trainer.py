@@ -243,7 +243,7 @@ class Trainer:
                 if self.logging.eval_interval and self.iteration % self.logging.eval_interval == 0 \
                         and self.iteration < self.training.max_iterations:
                     self._evaluate(full=False)
-                    window_start = time.perf_counter()
+                    window_start, window_steps = time.perf_counter(), 0  # evaluation time is not training time
                 if self.ckpt.checkpoint_interval and self.iteration % self.ckpt.checkpoint_interval == 0:
                     self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", loss)
                     if self.dist.is_main:
