@@ -72,7 +72,7 @@ def bare_run(workdir: Path, steps: int, registry) -> float:
         clip_gradients(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        float(loss)
+        float(loss.detach())
     return steps * 16 * 128 / (time.perf_counter() - start)
 
 
