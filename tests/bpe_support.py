@@ -10,13 +10,15 @@ import pytest
 
 #: ``shared/`` lies beside the repository (in CI too: a fresh clone with shared/ next to it).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: Byte-identical copies shipped in the repository, used when shared/ is not beside it.
+SHIPPED_DATA = {"tinystories_v2_train_head2M.txt": Path(__file__).resolve().parents[1] / "data" / "tinystories"}
 
 
 def shared_file(name: str) -> Path:
-    path = SHARED_DATA / f"{name}.xz"
-    if not path.is_file():
-        pytest.skip(f"shared corpus {path} is not available")
-    return path
+    for directory in (SHARED_DATA, SHIPPED_DATA.get(name)):
+        if directory is not None and (directory / f"{name}.xz").is_file():
+            return directory / f"{name}.xz"
+    pytest.skip(f"shared corpus {SHARED_DATA / name}.xz is not available (it lies in ../shared/data beside the repository)")
 
 
 @functools.lru_cache(maxsize=None)
