@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from modulm.errors import ModulmError
 from modulm_bpe import train_bpe
-from modulm_bpe.pretokenize import PRETOKEN_RE
+from modulm_bpe.pretokenize import pretoken_pattern
 from modulm_bpe.train import learn_merges
 from tests.bpe_support import corpus_slice
 
@@ -97,7 +97,7 @@ def test_stops_when_no_pairs_are_left(tmp_path):
 
 def test_matches_the_naive_reference_on_real_text():
     text = corpus_slice("tinyshakespeare.txt", 60_000)
-    counts = Counter(PRETOKEN_RE.findall(text))
+    counts = Counter(pretoken_pattern().findall(text))
     word_counts = {w.encode(): c for w, c in counts.items()}
     assert learn_merges(word_counts, 120) == naive_merges(word_counts, 120)
 

@@ -10,13 +10,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator, Sequence
 
-import regex
-
 from modulm.errors import ModulmError
-
-#: GPT-2's pre-tokenization pattern (contractions, letter runs, number runs, other runs, spaces).
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-PRETOKEN_RE = regex.compile(GPT2_PATTERN)
+from modulm_bpe.fastpattern import GPT2_PATTERN, pretoken_pattern  # noqa: F401 (re-exported)
 
 # Which pre-tokens of a text prefix are final? The GPT-2 pattern decides a match [start, end)
 # from the characters before max(end + 1, start + 3): greedy runs look one character past their
@@ -95,7 +90,7 @@ class PretokenStream:
             yield from self._split(buffer, final=True)
 
     def _split(self, buffer: str, final: bool) -> Iterator[tuple[list[str], str | None]]:
-        findall = PRETOKEN_RE.findall
+        findall = pretoken_pattern().findall
         length = len(buffer)
         start = 0
         if self._special_re is not None:
