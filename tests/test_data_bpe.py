@@ -2,6 +2,8 @@
 recipe table, and bits-per-byte support for memmap files with a tokenizer."""
 
 import lzma
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,23 @@ def test_prepare_cli_encodes_in_parallel_and_reports(tokenizer_dir, tmp_path, ca
     assert tokenizer.decode(outputs[2].tolist()) == text
     code, out, _ = run_cli(capsys, "inspect", tmp_path / "out2.npy", "--tokenizer", tokenizer_dir, "--show", 8)
     assert code == 0 and repr(tokenizer.decode(outputs[2][:8].tolist())) in out and "bytes/token" in out
+
+
+def test_prepare_cli_does_not_import_torch(tokenizer_dir, tmp_path):
+    """The dataset utilities start in a fraction of torch's import time (it is not needed)."""
+    (tmp_path / "a.txt").write_text(_corpus_head(5_000), encoding="utf-8", newline="")
+    script = (
+        "import sys\n"
+        "from modulm.cli import main\n"
+        f"code = main(['data', 'prepare', '--tokenizer', {str(tokenizer_dir)!r}, '--input', {str(tmp_path / 'a.txt')!r},"
+        f" '--output', {str(tmp_path / 'a.npy')!r}, '--workers', '2'])\n"
+        "assert code == 0, code\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert len(np.load(tmp_path / "a.npy")) > 0
 
 
 @pytest.mark.parametrize(
