@@ -75,20 +75,21 @@ class Tokenizer:
         self._stride = next_id
         self._pair_rank: dict[int, int] = {}
         self._merge_table: list[tuple[int, int, int]] = []
-        made = set(ids_by_bytes[bytes([b])] for b in range(256))  # tokens some merge can reach
+        made = set(self._byte_ids)  # tokens some merge can reach
+        get, stride, pair_rank, table = ids_by_bytes.get, self._stride, self._pair_rank, self._merge_table
         for rank, (left, right) in enumerate(self._merges):
-            ids = [ids_by_bytes.get(part) for part in (left, right, left + right)]
-            if None in ids:
-                which = ("left part", "right part", "product")[ids.index(None)]
+            a, b, product = get(left), get(right), get(left + right)
+            if a is None or b is None or product is None:
+                which = "left part" if a is None else "right part" if b is None else "product"
                 raise ModulmError(f"merge {rank} ({left!r}, {right!r}): its {which} is not in the vocabulary")
-            if ids[0] not in made or ids[1] not in made:
-                part = left if ids[0] not in made else right
+            if a not in made or b not in made:
+                part = left if a not in made else right
                 raise ModulmError(f"merge {rank} ({left!r}, {right!r}) uses {part!r} before any merge makes it")
-            made.add(ids[2])
-            key = ids[0] * self._stride + ids[1]
-            if key not in self._pair_rank:
-                self._pair_rank[key] = len(self._merge_table)
-                self._merge_table.append((ids[0], ids[1], ids[2]))
+            made.add(product)
+            key = a * stride + b
+            if key not in pair_rank:
+                pair_rank[key] = len(table)
+                table.append((a, b, product))
         self._cache = _PretokenCache(self._bpe)
         self._fingerprint: str | None = None
 

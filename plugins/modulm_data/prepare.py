@@ -121,6 +121,10 @@ def encode_chunks(chunks: Iterable[str], tokenizer: Any, dtype: str, workers: in
         for chunk in chunks:
             yield _encode(tokenizer, chunk, dtype)
         return
+    # Encoding once here builds whatever the tokenizer makes lazily (the BPE plugin compiles its
+    # pre-tokenization pattern on first use), so forked workers inherit it instead of each
+    # building it again.
+    tokenizer.encode("warm up: 1 2 3")
     with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker, initargs=(tokenizer,)) as pool:
         pending: deque = deque()
         for chunk in chunks:
