@@ -11,7 +11,13 @@ import pytest
 #: ``shared/`` lies beside the repository (in CI too: a fresh clone with shared/ next to it).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: Byte-identical copies shipped in the repository, used when shared/ is not beside it.
-SHIPPED_DATA = {"tinystories_v2_train_head2M.txt": Path(__file__).resolve().parents[1] / "data" / "tinystories"}
+_DATA = Path(__file__).resolve().parents[1] / "data"
+SHIPPED_DATA = {
+    "tinystories_v2_train_head2M.txt": _DATA / "tinystories",
+    "tinyshakespeare.txt": _DATA / "tinyshakespeare",
+    "gpt2_vocab.json": _DATA / "gpt2",
+    "gpt2_merges.txt": _DATA / "gpt2",
+}
 
 
 def shared_file(name: str) -> Path:

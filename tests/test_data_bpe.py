@@ -17,7 +17,7 @@ from modulm_bpe import BPETokenizer
 from modulm_data import MemmapSource, TextSource
 from modulm_data.prepare import encode_files
 
-CORPUS = Path("/work/shared/data/tinystories_v2_train_head2M.txt.xz")
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories_v2_train_head2M.txt.xz"
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "tinystories" / "tinystories_v2_train_head2M.txt.xz"
 SEP = "<|endoftext|>"
 
