@@ -90,6 +90,13 @@ class Tokenizer:
             if key not in pair_rank:
                 pair_rank[key] = len(table)
                 table.append((a, b, product))
+        # rank of the merge of each pair of single bytes, indexed by (first byte << 8) | second byte
+        self._byte_pair_rank = [_NO_RANK] * (1 << 16)
+        byte_of = {token_id: byte for byte, token_id in enumerate(self._byte_ids)}
+        for rank, (a, b, _) in enumerate(table):
+            if a in byte_of and b in byte_of:
+                self._byte_pair_rank[(byte_of[a] << 8) | byte_of[b]] = rank
+        self._products = [product for _, _, product in table]
         self._cache = _PretokenCache(self._bpe)
         self._fingerprint: str | None = None
 
@@ -176,29 +183,29 @@ class Tokenizer:
         occurrence at once, because a pair that contains a merge's product always ranks after it
         (checked in ``__init__``).
         """
+        if len(word) < 2:
+            return tuple([self._byte_ids[b] for b in word])
+        first = self._byte_pair_rank
+        ranks = [first[(a << 8) | b] for a, b in zip(word, word[1:])]
+        rank = min(ranks)
         byte_ids = self._byte_ids
         ids = [byte_ids[b] for b in word]
-        if len(ids) < 2:
-            return tuple(ids)
         get = self._pair_rank.get
         stride = self._stride
-        table = self._merge_table
-        ranks = [get(a * stride + b, _NO_RANK) for a, b in zip(ids, ids[1:])]
-        while True:
-            rank = min(ranks)
-            if rank == _NO_RANK:
-                break
+        products = self._products
+        while rank != _NO_RANK:
             i = ranks.index(rank)
-            new = table[rank][2]
-            ids[i] = new
+            new = ids[i] = products[rank]
             del ids[i + 1]
             del ranks[i]
+            last = len(ranks)
+            if not last:
+                break
             if i:
                 ranks[i - 1] = get(ids[i - 1] * stride + new, _NO_RANK)
-            if i < len(ranks):
+            if i < last:
                 ranks[i] = get(new * stride + ids[i + 1], _NO_RANK)
-            elif not ranks:
-                break
+            rank = min(ranks)
         return tuple(ids)
 
     def encode(self, text: str) -> list[int]:
