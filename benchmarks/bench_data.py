@@ -9,10 +9,9 @@
    step spent loading data; the target is < 2 %. The file sits in the page cache (it was just
    written), as it does after the first pass of any run.
 2. The id check of that file (a full chunked scan, then the cached result).
-3. ``prepare`` (the encoder behind ``modulm data prepare`` and the text source) on
-   ``pydocs_3.11.txt`` with GPT-2's tokenizer (modulm_bpe, built from the shared GPT-2 files) with
-   1 and 2 worker processes, in MB/s of UTF-8 text, against tiktoken's GPT-2 encoder built offline
-   from the same files (one thread), which also checks that the ids agree.
+3. ``prepare`` throughput: ``benchmarks/bench_prepare.py`` in a fresh process (no torch, as the
+   CLI runs): ``pydocs_3.11.txt`` with GPT-2's tokenizer, 1 and 2 worker processes, against
+   tiktoken on 1 and 2 threads (target: 2 workers >= 0.5x tiktoken's 2-thread MB/s).
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_data.py [--tokens 100000000]
         [--steps 10] [--batches 2000] [--repeats 5] [--device cpu|cuda] [--skip-prepare]
@@ -24,28 +23,24 @@ there; every timed call ends with ``torch.cuda.synchronize()``, so batch times i
 from __future__ import annotations
 
 import argparse
-import lzma
 import math
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from modulm_data import MemmapSource, get_batch
 from modulm_data.checks import check_file_for
-from modulm_data.prepare import encode_files
 from modulm_data.tools import make_dummy
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SEP = "<|endoftext|>"
-PARALLEL_TARGET = 0.5  # 2-worker prepare vs tiktoken 2-thread batch encoding, in MB/s
 
 
 @dataclass(frozen=True)
@@ -194,64 +189,11 @@ def bench_batches(folder: Path, tokens: int, steps: int, batches: int, repeats: 
 
 
 # -- part 3: prepare throughput ---------------------------------------------------------------------
-def _decompress(name: str, folder: Path) -> Path:
-    target = folder / name.removesuffix(".xz")
-    with lzma.open(SHARED / name, "rb") as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return target
-
-
-def bench_prepare(folder: Path, repeats: int) -> None:
-    from modulm_bpe import GPT2_PATTERN, Tokenizer
-    from modulm_bpe.files import read_vocab
-
-    text_path = _decompress("pydocs_3.11.txt.xz", folder)
-    vocab_path, merges_path = _decompress("gpt2_vocab.json.xz", folder), _decompress("gpt2_merges.txt.xz", folder)
-    tokenizer = Tokenizer.from_files(vocab_path, merges_path, [SEP])
-    megabytes = text_path.stat().st_size / 1e6
-    print(f"\nprepare: {text_path.name} ({megabytes:.1f} MB), GPT-2 tokenizer (vocab {tokenizer.vocab_size:,})")
-
-    results = {}
-    for workers in (1, 2):
-        times = []
-        encode_files([text_path], Tokenizer.from_files(vocab_path, merges_path, [SEP]), folder / "out.npy",
-                     "uint16", workers, SEP)  # warm-up: page cache, imports, lazily built state
-        for _ in range(repeats):
-            fresh = Tokenizer.from_files(vocab_path, merges_path, [SEP])  # no warm pre-token cache
-            start = time.perf_counter()
-            result = encode_files([text_path], fresh, folder / "out.npy", "uint16", workers, SEP)
-            times.append(time.perf_counter() - start)
-        results[workers] = statistics.median(times)
-        print(f"  modulm, {workers} worker{'s' if workers > 1 else ' '}: {megabytes / results[workers]:6.2f} MB/s "
-              f"({result.tokens:,} tokens, {result.bytes_per_token:.3f} bytes/token)")
-    ours = np.load(folder / "out.npy")
-
-    import tiktoken
-
-    ranks = {token: token_id for token_id, token in read_vocab(vocab_path).items()}
-    encoding = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                 special_tokens={SEP: ranks.pop(SEP.encode())})
-    text = text_path.read_text(encoding="utf-8")
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        reference = encoding.encode(text, allowed_special="all")
-        times.append(time.perf_counter() - start)
-    tiktoken_seconds = statistics.median(times)
-    agree = np.array_equal(ours, np.asarray(reference, dtype=np.uint16))
-    print(f"  tiktoken, 1 thread: {megabytes / tiktoken_seconds:6.2f} MB/s (ids {'identical' if agree else 'DIFFER'})")
-    documents = [doc for doc in text.split(SEP) if doc]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        encoding.encode_ordinary_batch(documents, num_threads=2)
-        times.append(time.perf_counter() - start)
-    batch_seconds = statistics.median(times)
-    print(f"  tiktoken, 2 threads (encode_ordinary_batch over {len(documents)} documents): "
-          f"{megabytes / batch_seconds:6.2f} MB/s")
-    print(f"  speed-up of 2 workers over 1: {results[1] / results[2]:.2f}x; "
-          f"modulm / tiktoken: {tiktoken_seconds / results[1]:.3f} (1 worker vs 1 thread), "
-          f"{batch_seconds / results[2]:.3f} (2 workers vs 2 threads; target >= {PARALLEL_TARGET})")
+def bench_prepare(repeats: int) -> None:
+    """Run benchmarks/bench_prepare.py in a fresh process: without torch, as ``modulm data prepare`` runs."""
+    print()
+    script = Path(__file__).with_name("bench_prepare.py")
+    subprocess.run([sys.executable, str(script), "--repeats", str(repeats)], check=False)
 
 
 def main() -> None:
@@ -267,7 +209,7 @@ def main() -> None:
     try:
         bench_batches(folder, args.tokens, args.steps, args.batches, args.repeats, args.device)
         if not args.skip_prepare:
-            bench_prepare(folder, max(1, math.ceil(args.repeats / 2)))
+            bench_prepare(max(1, math.ceil(args.repeats / 2)))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
