@@ -73,10 +73,13 @@ class Tokenizer:
             raise ModulmError(f"the vocabulary lacks {len(missing)} single byte(s), e.g. {bytes([missing[0]])!r}")
         self._byte_ids = [ids_by_bytes[bytes([b])] for b in range(256)]
         self._stride = next_id
-        self._pair_rank: dict[int, int] = {}
-        self._merge_table: list[tuple[int, int, int]] = []
+        self._pair_rank: dict[int, int] = {}  # a * stride + b -> rank (index into _products)
+        self._products: list[int] = []
+        # the rank of each pair of single bytes, indexed by (first byte << 8) | second byte
+        self._byte_pair_rank = [_NO_RANK] * (1 << 16)
+        byte_of = {token_id: byte for byte, token_id in enumerate(self._byte_ids)}
         made = set(self._byte_ids)  # tokens some merge can reach
-        get, stride, pair_rank, table = ids_by_bytes.get, self._stride, self._pair_rank, self._merge_table
+        get, stride, pair_rank, products = ids_by_bytes.get, self._stride, self._pair_rank, self._products
         for rank, (left, right) in enumerate(self._merges):
             a, b, product = get(left), get(right), get(left + right)
             if a is None or b is None or product is None:
@@ -88,15 +91,10 @@ class Tokenizer:
             made.add(product)
             key = a * stride + b
             if key not in pair_rank:
-                pair_rank[key] = len(table)
-                table.append((a, b, product))
-        # rank of the merge of each pair of single bytes, indexed by (first byte << 8) | second byte
-        self._byte_pair_rank = [_NO_RANK] * (1 << 16)
-        byte_of = {token_id: byte for byte, token_id in enumerate(self._byte_ids)}
-        for rank, (a, b, _) in enumerate(table):
-            if a in byte_of and b in byte_of:
-                self._byte_pair_rank[(byte_of[a] << 8) | byte_of[b]] = rank
-        self._products = [product for _, _, product in table]
+                pair_rank[key] = len(products)
+                if a in byte_of and b in byte_of:
+                    self._byte_pair_rank[(byte_of[a] << 8) | byte_of[b]] = len(products)
+                products.append(product)
         self._cache = _PretokenCache(self._bpe)
         self._fingerprint: str | None = None
 
