@@ -4,7 +4,6 @@ recipe table, and bits-per-byte support for memmap files with a tokenizer."""
 import lzma
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,16 +15,13 @@ from modulm.cli import main
 from modulm_bpe import BPETokenizer
 from modulm_data import MemmapSource, TextSource
 from modulm_data.prepare import encode_files
+from tests.bpe_support import corpus_slice
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinystories_v2_train_head2M.txt.xz"
-SHIPPED = Path(__file__).resolve().parents[1] / "data" / "tinystories" / "tinystories_v2_train_head2M.txt.xz"
 SEP = "<|endoftext|>"
 
 
 def _corpus_head(chars: int) -> str:
-    source = SHIPPED if SHIPPED.exists() else CORPUS
-    with lzma.open(source, "rt", encoding="utf-8", newline="") as fh:
-        return fh.read(chars)
+    return corpus_slice("tinystories_v2_train_head2M.txt", chars)
 
 
 @pytest.fixture(scope="module")
