@@ -114,7 +114,7 @@ def child_encode_ours(path: str, folder: str, repeats: int) -> dict:
     return {"times": [t for t, _ in cold_runs], "warm_times": warm, "tokens": cold_runs[0][1], "rss_mb": own}
 
 
-def _tiktoken_gpt2(folder: str):
+def tiktoken_gpt2(folder: str):
     import tiktoken
 
     from modulm_bpe.files import read_vocab
@@ -127,14 +127,14 @@ def _tiktoken_gpt2(folder: str):
 
 
 def child_encode_tiktoken(path: str, folder: str, repeats: int) -> dict:
-    encoding = _tiktoken_gpt2(folder)
+    encoding = tiktoken_gpt2(folder)
     text = Path(path).read_text(encoding="utf-8")
     times = _timed(lambda: encoding.encode(text, allowed_special="all"), repeats)
     own, _ = _peak_rss_mb()
     return {"times": times, "rss_mb": own}
 
 
-def _documents(text: str) -> list[str]:
+def documents(text: str) -> list[str]:
     return [doc for doc in text.split(EOT) if doc]
 
 
@@ -165,12 +165,12 @@ def child_encode_parallel_ours(path: str, folder: str, repeats: int, with_loadin
 def child_encode_parallel_tiktoken(path: str, folder: str, repeats: int, with_loading: bool) -> dict:
     """tiktoken's ``encode_ordinary_batch`` over the documents with 2 threads (``with_loading``:
     building the encoding from the same files is timed too)."""
-    docs = _documents(Path(path).read_text(encoding="utf-8"))
-    shared = _tiktoken_gpt2(folder)  # reused unless loading is timed: a used encoding is fastest
+    docs = documents(Path(path).read_text(encoding="utf-8"))
+    shared = tiktoken_gpt2(folder)  # reused unless loading is timed: a used encoding is fastest
 
     def once() -> float:
         started = time.perf_counter()
-        encoding = _tiktoken_gpt2(folder) if with_loading else shared
+        encoding = tiktoken_gpt2(folder) if with_loading else shared
         encoding.encode_ordinary_batch(docs, num_threads=2)
         return time.perf_counter() - started
 

@@ -4,8 +4,8 @@
    folder (deleted at the end). For the bench-tiny (batch 16, context 128) and bench-small
    (batch 8, context 256) shapes it times one batch from ``MemmapSource.get_batch`` (positioned
    reads, what training uses) and from ``modulm_data.get_batch`` on the memory map, and one
-   training step of a plain-PyTorch model of that shape (written below: nn.Linear,
-   F.scaled_dot_product_attention, torch.optim.AdamW). The ratio batch / step is the share of a
+   training step of the plain-PyTorch reference model of that shape (``RefLM`` from
+   ``bench_train_step.py``: nn.Linear, F.scaled_dot_product_attention, torch.optim.AdamW). The ratio batch / step is the share of a
    step spent loading data; the target is < 2 %. The file sits in the page cache (it was just
    written), as it does after the first pass of any run.
 2. The id check of that file (a full chunked scan, then the cached result).
@@ -30,83 +30,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from modulm_data import MemmapSource, get_batch
 from modulm_data.checks import check_file_for
 from modulm_data.tools import make_dummy
 
+from bench_train_step import CONFIGS, Config, RefLM
 
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    vocab_size: int
-    context_length: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    d_ff: int
-    batch_size: int
-
-
-SHAPES = (
-    Shape("bench-tiny", 2048, 128, 128, 2, 4, 344, 16),
-    Shape("bench-small", 10000, 256, 512, 4, 16, 1344, 8),
-)
-
-
-# -- a plain-PyTorch model of the bench shapes --------------------------------------------------
-class PlainBlock(nn.Module):
-    """Pre-norm block: RMSNorm, causal attention with rotary positions, RMSNorm, SwiGLU."""
-
-    def __init__(self, s: Shape) -> None:
-        super().__init__()
-        self.heads = s.num_heads
-        self.attn_norm, self.ffn_norm = nn.RMSNorm(s.d_model), nn.RMSNorm(s.d_model)
-        self.qkv = nn.Linear(s.d_model, 3 * s.d_model, bias=False)
-        self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
-        self.gate = nn.Linear(s.d_model, s.d_ff, bias=False)
-        self.up = nn.Linear(s.d_model, s.d_ff, bias=False)
-        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
-        half = s.d_model // s.num_heads // 2
-        freqs = 10000.0 ** (-torch.arange(half) / half)
-        angles = torch.arange(s.context_length)[:, None] * freqs[None, :]
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
-
-    def rotate(self, x: torch.Tensor) -> torch.Tensor:
-        first, second = x.chunk(2, dim=-1)
-        cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
-        return torch.cat((first * cos - second * sin, first * sin + second * cos), dim=-1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(self.rotate(q), self.rotate(k), v, is_causal=True)
-        x = x + self.proj(attended.transpose(1, 2).reshape(b, t, d))
-        h = self.ffn_norm(x)
-        return x + self.down(F.silu(self.gate(h)) * self.up(h))
-
-
-class PlainLM(nn.Module):
-    def __init__(self, s: Shape) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(s.vocab_size, s.d_model)
-        self.blocks = nn.ModuleList(PlainBlock(s) for _ in range(s.num_layers))
-        self.norm = nn.RMSNorm(s.d_model)
-        self.head = nn.Linear(s.d_model, s.vocab_size, bias=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))
+# The shapes and the plain-PyTorch model are bench_train_step.py's reference, written once there.
+SHAPES = (CONFIGS["tiny"], CONFIGS["small"])
 
 
 def synchronize(device: str) -> None:
@@ -114,10 +50,10 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_seconds(s: Shape, steps: int, warmup: int, device: str) -> float:
+def step_seconds(s: Config, steps: int, warmup: int, device: str) -> float:
     """Median time of one training step: forward, cross-entropy, backward, AdamW step, zero_grad."""
     torch.manual_seed(0)
-    model = PlainLM(s).to(device)
+    model = RefLM(s).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     inputs = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length), device=device)
     targets = torch.randint(0, s.vocab_size, (s.batch_size, s.context_length), device=device)

@@ -42,14 +42,10 @@ def decompress(source: Path, folder: Path) -> Path:
     return target
 
 
-def median_seconds(run, repeats: int) -> float:
+def timed(run) -> float:
+    started = time.perf_counter()
     run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -58,8 +54,8 @@ def main() -> int:
     parser.add_argument("--corpus", default="pydocs_3.11.txt", help="a file name in ../shared/data (without .xz)")
     args = parser.parse_args()
 
-    from modulm_bpe import GPT2_PATTERN, Tokenizer
-    from modulm_bpe.files import read_vocab
+    from bench_bpe import documents, tiktoken_gpt2  # the same reference encoding as bench_bpe.py
+    from modulm_bpe import Tokenizer
     from modulm_data.prepare import encode_files
 
     folder = Path(tempfile.mkdtemp(prefix="modulm-bench-prepare-", dir="/tmp"))
@@ -71,13 +67,9 @@ def main() -> int:
         out = folder / "out.npy"
         print(f"prepare: {text_path.name} ({megabytes:.1f} MB), GPT-2 tokenizer; median of {args.repeats} rounds after a warm-up round")
 
-        import tiktoken
-
-        ranks = {token: token_id for token_id, token in read_vocab(vocab).items()}
-        encoding = tiktoken.Encoding("gpt2-local", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                     special_tokens={SEP: ranks.pop(SEP.encode())})
+        encoding = tiktoken_gpt2(str(folder))
         text = text_path.read_text(encoding="utf-8")
-        documents = [doc for doc in text.split(SEP) if doc]
+        docs = documents(text)
 
         def ours(workers: int) -> float:
             tokenizer = Tokenizer.from_files(vocab, merges, [SEP])  # fresh: empty pre-token cache
@@ -85,16 +77,11 @@ def main() -> int:
             encode_files([text_path], tokenizer, out, "uint16", workers, SEP)
             return time.perf_counter() - started
 
-        def timed(run) -> float:
-            started = time.perf_counter()
-            run()
-            return time.perf_counter() - started
-
         runs = {
             "ours1": lambda: ours(1),
             "ours2": lambda: ours(2),
             "tiktoken1": lambda: timed(lambda: encoding.encode(text, allowed_special="all")),
-            "tiktoken2": lambda: timed(lambda: encoding.encode_ordinary_batch(documents, num_threads=2)),
+            "tiktoken2": lambda: timed(lambda: encoding.encode_ordinary_batch(docs, num_threads=2)),
         }
         # Round-robin, so that a slow spell of this shared machine hits every contender alike.
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -109,7 +96,7 @@ def main() -> int:
             print(f"  modulm encode_files, {workers} worker{'s' if workers > 1 else ' '}: "
                   f"{megabytes / median[f'ours{workers}']:6.2f} MB/s")
         print(f"  tiktoken encode, 1 thread: {megabytes / median['tiktoken1']:6.2f} MB/s (ids {'identical' if same else 'DIFFER'})")
-        print(f"  tiktoken encode_ordinary_batch, 2 threads, {len(documents)} documents: "
+        print(f"  tiktoken encode_ordinary_batch, 2 threads, {len(docs)} documents: "
               f"{megabytes / median['tiktoken2']:6.2f} MB/s")
         pair_ratios = [t / o for t, o in zip(times["tiktoken2"], times["ours2"])]
         ratio = median["tiktoken2"] / median["ours2"]
@@ -120,7 +107,9 @@ def main() -> int:
         command = [sys.executable, "-c", "import sys; from modulm.cli import main; sys.exit(main(sys.argv[1:]))",
                    "data", "prepare", "--tokenizer", str(folder / "gpt2"), "--input", str(text_path),
                    "--output", str(folder / "cli.npy"), "--workers", "2"]
-        cli = median_seconds(lambda: subprocess.run(command, check=True, capture_output=True), args.repeats)
+        run_cli = lambda: subprocess.run(command, check=True, capture_output=True)  # noqa: E731
+        run_cli()
+        cli = statistics.median(timed(run_cli) for _ in range(args.repeats))
         print(f"  for information, the whole command modulm data prepare --workers 2 (interpreter start-up, imports, "
               f"tokenizer loading): {cli:.2f} s, {megabytes / cli:.2f} MB/s")
         return 0 if same and ratio >= TARGET else 1

@@ -34,7 +34,7 @@ from torch import nn
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import model_accounting
 
-DATA = Path("/work/shared/data/tinyshakespeare.txt.xz")
+DATA = Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare" / "tinyshakespeare.txt.xz"
 LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
 
 
