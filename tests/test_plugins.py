@@ -72,7 +72,7 @@ def test_misspelt_hook_is_rejected():
 
     @hookimpl
     def modulm_register_component(registry):  # missing "s"
-        pass
+        pass  # never called: loading must fail on the name alone
 
     module.modulm_register_component = modulm_register_component
     pm = plugins.load(autoload=False, env={})

@@ -175,7 +175,7 @@ class ForgetfulSGD(torch.optim.SGD):
         super().__init__([p for _, p in params], lr=lr, momentum=0.9)
 
     def load_state_dict(self, state):
-        pass
+        pass  # the mutation: the saved momentum buffers are dropped
 
 
 class AscendingSGD(torch.optim.SGD):
@@ -278,7 +278,7 @@ class NoResume(MemmapSource):
         return {}
 
     def load_state_dict(self, state):
-        pass
+        pass  # the mutation: the saved sampler state is ignored
 
 
 @pytest.mark.parametrize("mutant, rule", [(OffByOneTargets, "not the inputs shifted by one"),
@@ -316,7 +316,7 @@ class StrictLogger:
 
 class ClosingTwiceLogger(StrictLogger):
     def log(self, event):
-        pass
+        pass  # accepts every event, so only the second close() is wrong
 
 
 class OutsideLogger(ClosingTwiceLogger):
@@ -325,7 +325,7 @@ class OutsideLogger(ClosingTwiceLogger):
         (Path(run_dir).parent / "stray.log").write_text("x")
 
     def close(self):
-        pass
+        pass  # may be closed twice, so only the stray file is wrong
 
 
 @pytest.mark.parametrize("mutant, rule", [(StrictLogger, "raised KeyError"),
