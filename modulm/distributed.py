@@ -54,6 +54,12 @@ class Context:
             return value
         return float(self._sum([value])[0]) / self.world_size
 
+    def mean_all(self, values: list[float]) -> list[float]:
+        """The mean over the ranks of each of ``values``, in one collective."""
+        if not self.enabled:
+            return list(values)
+        return [float(total) / self.world_size for total in self._sum(list(values))]
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank."""
         if not self.enabled:

@@ -69,15 +69,19 @@ class SystemSettings:
     """[system]: hardware and reproducibility.
 
     device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N" or "mps"
-    dtype: "float32", or "bfloat16"/"float16" autocast (float16 uses a gradient scaler on CUDA)
-    compile: wrap the model in torch.compile
+    dtype: "auto" (bfloat16 autocast where the device runs bf16 natively, else float32), "float32", or "bfloat16"/"float16" autocast (float16 uses a gradient scaler on CUDA)
+    compile: wrap the model in torch.compile (the first step compiles: tens of seconds)
     seed: seeds parameters, sampling and data order
+    threads: CPU threads for torch (torch.set_num_threads); unset keeps torch's default, "auto" means the physical cores
+    tf32: on CUDA, float32 matmuls and convolutions use TF32 tensor cores (ignored elsewhere)
     """
 
     device: str = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False
     seed: int = 42
+    threads: int | str | None = None
+    tf32: bool = True
 
 
 @dataclass

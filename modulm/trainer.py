@@ -31,7 +31,7 @@ from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
 from modulm.fileio import atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy
-from modulm.runtime import autocast, grad_scaler, resolve_device
+from modulm.runtime import autocast, configure, grad_scaler, resolve_device
 from modulm.tomlwrite import dumps
 
 
@@ -59,6 +59,7 @@ class Trainer:
         self.logging, self.system = assembly.logging, assembly.system
         self.dist = distributed.setup(getattr(assembly, "distributed", None), self.system.device)
         self.device = distributed.device_for(resolve_device(self.system.device), self.dist)
+        self.runtime = configure(self.system, self.device)  # dtype "auto" resolved, threads and TF32 set
         self.model = unwrap(assembly.model).to(self.device)
         self.ddp = self.dist.wrap(self.model)  # None in a single process
         trained = self.model if self.ddp is None else self.ddp
@@ -71,14 +72,15 @@ class Trainer:
                               f"training.grad_accum_steps {self.training.grad_accum_steps}")
         self.micro_batch = self.training.batch_size // self.training.grad_accum_steps  # per process
         self.global_batch = self.training.batch_size * self.dist.world_size
-        self.scaler = grad_scaler(self.device, self.system.dtype)
+        self.scaler = grad_scaler(self.device, self.runtime.dtype)
         self.iteration, self.best_val_loss, self.elapsed, self.tokens_seen = 0, math.inf, 0.0, 0
         self.loggers: list[Any] = []
         self._stop_signal: str | None = None
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # steps not yet read back
 
     # -- set-up -------------------------------------------------------------------------------
     def _autocast(self):
-        return autocast(self.device, self.system.dtype)
+        return autocast(self.device, self.runtime.dtype)
 
     def _log(self, **event: Any) -> None:
         for logger in self.loggers:
@@ -105,25 +107,37 @@ class Trainer:
         return run_dir, resume_path
 
     def _start_lines(self, resume_path: Path | None) -> list[str]:
-        params = sum(p.numel() for p in self.model.parameters())
-        embedding = sum(p.numel() for n, p in self.model.named_parameters() if "embedding" in n)
         tokens_per_step = self.global_batch * self.context_length
         lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
-                 f"Using device: {self.device} | dtype: {self.system.dtype} | compile: {self.system.compile}"]
+                 f"Using device: {self.device} | dtype: {self.runtime.dtype} | compile: {self.system.compile}",
+                 *self.runtime.lines]
         if self.dist.enabled:
             lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), DistributedDataParallel; "
                          "rank 0 writes the run directory")
         lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
         per_step = (f"{self.training.batch_size} sequences" if not self.dist.enabled else
                     f"{self.training.batch_size} sequences per process x {self.dist.world_size} processes")
-        lines += [f"Model initialized with {params:,} trainable parameters ({params - embedding:,} non-embedding)",
+        lines += [self._parameters_line(),
                   f"Batch: {per_step} x {self.context_length} tokens = {tokens_per_step:,} "
                   f"tokens per step (global batch = {self.global_batch}, grad_accum_steps = {self.training.grad_accum_steps})",
                   f"Run directory: {self.run_dir}"]
         if resume_path is not None:
             lines.append(f"Resuming from {resume_path} at iteration {self.iteration}")
+        if self.system.compile:
+            lines.append("torch.compile: the first step (and the first evaluation) compiles the model; "
+                         "expect a pause of tens of seconds before the first log line")
         lines.append("Starting training loop")
         return lines
+
+    def _parameters_line(self) -> str:
+        """Parameter counts as ``modulm info`` gives them, when the model offers its own accounting."""
+        accounting = getattr(self.model, "accounting", None)
+        total = sum(p.numel() for p in self.model.parameters())
+        if not callable(accounting):
+            return f"Model initialized with {total:,} trainable parameters"
+        params = accounting()["params"]
+        return (f"Model initialized with {params['total']:,} trainable parameters ({params['non_embedding']:,} "
+                "non-embedding: without the token embedding and LM head, as modulm info counts)")
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save(self, path: Path, loss: float | None = None) -> None:
@@ -179,7 +193,10 @@ class Trainer:
         return result
 
     # -- one optimizer step -------------------------------------------------------------------
-    def _step(self) -> tuple[float, float]:
+    def _step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step. Returns the loss and the pre-clipping gradient norm (None without
+        clipping) as device tensors: reading them would make the host wait for the device, so the
+        loop reads them back only at log, evaluation and checkpoint boundaries."""
         lr = self.schedule(self.iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -198,14 +215,38 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return self.dist.mean(float(total)), (float(norm) if norm is not None else float("nan"))
+        return total, norm
 
-    def _diverged(self, loss: float) -> TrainingDiverged:
+    def _read_back(self, result: RunResult) -> tuple[float, float | None]:
+        """Read the losses of the steps since the last boundary in one host sync (averaged over the
+        ranks in one collective), record them, and stop at the first non-finite one, so a divergence
+        is noticed within ``log_interval`` steps. Returns the last step's loss and gradient norm."""
+        steps, losses, norms = zip(*self._pending)
+        self._pending.clear()
+        values = torch.stack([loss.float() for loss in losses])
+        if norms[-1] is not None:
+            values = torch.cat([values, norms[-1].float().reshape(1).to(values.device)])
+        values = values.tolist()
+        last_norm = values.pop() if norms[-1] is not None else None
+        values = self.dist.mean_all(values)
+        for step, loss in zip(steps, values):
+            if not math.isfinite(loss):
+                raise self._diverged(f"loss became {loss} at iteration {step}")
+            result.train_losses[step] = loss
+        return values[-1], last_norm
+
+    def _check_finite_model(self) -> None:
+        """Before a checkpoint is written: an update that went non-finite is never saved."""
+        if not bool(torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()):
+            raise self._diverged(f"the parameters became non-finite by iteration {self.iteration}")
+
+    def _diverged(self, what: str) -> TrainingDiverged:
         periodic = rundir.periodic_checkpoints(self.run_dir)
         kept = f"the last good checkpoint is {periodic[-1][1]}" if periodic else "no checkpoint was written yet"
         return TrainingDiverged(
-            f"loss became {loss} at iteration {self.iteration}; {kept}. Try a lower optimizer.lr, more "
-            "schedule.warmup_iters, a smaller training.grad_clip, or check the data")
+            f"{what}; {kept} (losses are read every logging.log_interval steps; training ran to iteration "
+            f"{self.iteration}). Try a lower optimizer.lr, more schedule.warmup_iters, a smaller "
+            "training.grad_clip, or check the data")
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> RunResult:
@@ -214,6 +255,8 @@ class Trainer:
             self._resume(resume_path)
         result = RunResult(self.iteration, run_dir=self.run_dir)
         self._log(event="start", lines=self._start_lines(resume_path), step=self.iteration)
+        if self.runtime.precision.warning:
+            self._log(event="message", level="WARNING", text=self.runtime.precision.warning)
         last_stop = self.training.max_iterations if stop_at is None else min(stop_at, self.training.max_iterations)
         tokens_per_step = self.global_batch * self.context_length
         previous = {signal.SIGINT: signal.getsignal(signal.SIGINT), signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
@@ -221,33 +264,39 @@ class Trainer:
             signal.signal(sig, self._on_signal)
         try:
             self.model.train()
-            window_start, window_steps = time.perf_counter(), 0
-            while self.iteration < last_stop and not self._stop_requested():
-                step_start = time.perf_counter()
-                loss, grad_norm = self._step()
-                if not math.isfinite(loss):
-                    raise self._diverged(loss)
-                step = self.iteration
+            window_start, window_steps, boundary = time.perf_counter(), 0, True
+            while self.iteration < last_stop and not self._stop_requested(boundary):
+                step, step_start = self.iteration, time.perf_counter()
+                self._pending.append((step, *self._step()))
                 self.iteration += 1
                 self.tokens_seen += tokens_per_step
-                self.elapsed += time.perf_counter() - step_start
                 window_steps += 1
-                result.train_losses[step] = loss
-                if step % self.logging.log_interval == 0 or self.iteration == last_stop:
+                log = step % self.logging.log_interval == 0 or self.iteration == last_stop
+                evaluate = bool(self.logging.eval_interval) and self.iteration % self.logging.eval_interval == 0 \
+                    and self.iteration < self.training.max_iterations
+                save = bool(self.ckpt.checkpoint_interval) and self.iteration % self.ckpt.checkpoint_interval == 0
+                boundary = log or evaluate or save
+                if boundary:  # the only host syncs of the loop
+                    loss, grad_norm = self._read_back(result)
+                self.elapsed += time.perf_counter() - step_start  # on a GPU the device's time lands at boundaries
+                if log:
                     seconds = time.perf_counter() - window_start
                     self._log(event="train", step=step, max_steps=self.training.max_iterations, loss=loss,
                               lr=self.schedule(step), grad_norm=grad_norm, step_time=seconds / window_steps,
                               tokens_per_sec=tokens_per_step * window_steps / seconds, tokens=self.tokens_seen,
                               elapsed=self.elapsed)
                     window_start, window_steps = time.perf_counter(), 0
-                if self.logging.eval_interval and self.iteration % self.logging.eval_interval == 0 \
-                        and self.iteration < self.training.max_iterations:
+                if evaluate:
                     self._evaluate(full=False)
                     window_start, window_steps = time.perf_counter(), 0  # evaluation time is not training time
-                if self.ckpt.checkpoint_interval and self.iteration % self.ckpt.checkpoint_interval == 0:
+                if save:
+                    self._check_finite_model()
                     self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", loss)
                     if self.dist.is_main:
                         rundir.prune(self.run_dir, self.ckpt.keep_last)
+            if self._pending:  # stopped by a signal between boundaries
+                self._read_back(result)
+            self._check_finite_model()
             result.iterations = self.iteration
             stopped = self._stop_requested()
             if stopped or self.iteration < self.training.max_iterations:
@@ -273,8 +322,11 @@ class Trainer:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signal.Signals(signum).name
 
-    def _stop_requested(self) -> bool:
-        """Whether to stop now; under torchrun all ranks agree (a signal may reach only some)."""
+    def _stop_requested(self, boundary: bool = True) -> bool:
+        """Whether to stop now; under torchrun all ranks agree (a signal may reach only some), which
+        takes a collective, so they ask only after a log, evaluation or checkpoint boundary."""
+        if self.dist.enabled and not boundary:
+            return False
         return self.dist.any(self._stop_signal is not None)
 
     def _sample(self) -> str:

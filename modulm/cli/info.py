@@ -42,12 +42,27 @@ def run(args) -> int:
         raise ModulmError(f"{args.recipe}: cannot tell the vocabulary size from the data table; pass --vocab-size N")
     with torch.device("meta"):
         model = bound["model"](vocab_size=vocab_size)
-    training, system = bound["training"], bound["system"]
-    print(f"model: {bound['model'].name} (vocab_size {vocab_size}, batch_size {training.batch_size}, dtype {system.dtype})")
+    training, dtype = bound["training"], _dtype_here(bound["system"])
+    print(f"model: {bound['model'].name} (vocab_size {vocab_size}, batch_size {training.batch_size}, dtype {dtype})")
     report = getattr(model, "accounting_text", None)
     if report is not None:
-        print(report(batch_size=training.batch_size, dtype=system.dtype))
+        print(report(batch_size=training.batch_size, dtype=dtype))
     else:
         total = sum(p.numel() for p in model.parameters())
         print(f"parameters: {total:,}")
     return 0
+
+
+def _dtype_here(system) -> str:
+    """``system.dtype`` as a run on this machine would resolve it (``auto`` included)."""
+    from modulm.runtime import resolve_device, resolve_precision
+
+    if system.dtype != "auto":
+        return system.dtype
+    try:
+        device = resolve_device(system.device)
+    except ModulmError:  # a device this machine lacks: account for the CPU's choice
+        import torch
+
+        device = torch.device("cpu")
+    return resolve_precision(device, "auto").dtype

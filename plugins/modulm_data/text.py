@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -83,6 +85,23 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _say(text: str) -> None:
+    """A progress line of the one-time preparation, on stderr (the training log starts after it)."""
+    print(f"modulm: {text}", file=sys.stderr, flush=True)
+
+
+def _train(tok: Any, paths: list[str]) -> None:
+    """Train ``tok``, with progress bars on a terminal when its ``train`` offers them."""
+    try:
+        offers_progress = "progress" in inspect.signature(tok.train).parameters
+    except (TypeError, ValueError):
+        offers_progress = False
+    if offers_progress:
+        tok.train(paths, progress=sys.stderr.isatty())
+    else:
+        tok.train(paths)
 
 
 def _decompressed(path: Path, work: Path) -> Path:
@@ -186,18 +205,23 @@ class TextSource(TokenSource):
                     split = split_documents(self.train_paths, self.separator, self.val_fraction, t_out, v_out)
                 documents = {"train": split.train_documents, "val": split.val_documents}
             if self.trained_here:
-                print(f"modulm: training the tokenizer on {', '.join(map(str, self.train_paths))}", file=sys.stderr)
-                tok.train([str(_decompressed(p, scratch)) for p in train_paths])
+                started = time.perf_counter()
+                _say(f"training the tokenizer on {', '.join(map(str, self.train_paths))} (once; cached for later runs)")
+                _train(tok, [str(_decompressed(p, scratch)) for p in train_paths])
+                _say(f"tokenizer trained: {int(tok.vocab_size):,} tokens in {time.perf_counter() - started:.1f} s")
             tok.save(work / "tokenizer")
             token_dtype = storage_dtype(int(tok.vocab_size), self.dtype)
             tokens, sizes = {}, {}
             for split, paths in (("train", train_paths), ("val", val_paths)):
                 if not paths:
                     continue
+                started = time.perf_counter()
+                _say(f"encoding the {split} split with {self.workers} worker{'s' * (self.workers > 1)}")
                 result = encode_files(paths, tok, work / f"{split}.npy", token_dtype, self.workers,
                                       self.separator, desc=f"encoding {split}")
                 if result.tokens == 0:
                     raise ModulmError(f"data.{split}: the text encodes to no tokens")
+                _say(f"encoded {split}: {result.tokens:,} tokens in {time.perf_counter() - started:.1f} s")
                 tokens[split], sizes[split] = result.tokens, result.bytes
             shutil.rmtree(scratch)
             meta = {

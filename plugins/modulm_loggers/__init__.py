@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -56,9 +57,15 @@ class FileLogger:
 
 
 def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+    """JSON has no NaN or infinity: they are written as null, so every number stays a number."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy and 0-dim tensor scalars
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 class JsonlLogger:
@@ -76,8 +83,9 @@ class JsonlLogger:
     def log(self, event: Mapping[str, Any]) -> None:
         if self._file.closed or event.get("event") not in self.EVENTS:
             return
-        record = {k: _json_safe(v) for k, v in event.items() if v is None or isinstance(v, (int, float, str, bool))}
-        self._file.write(json.dumps(record) + "\n")
+        record = {k: _json_safe(v) for k, v in event.items()
+                  if v is None or isinstance(v, (numbers.Real, str)) or getattr(v, "ndim", None) == 0}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:

@@ -19,8 +19,9 @@ def event_text(event: Mapping[str, Any]) -> list[str]:
         width = len(str(event.get("max_steps", "")))
         return [
             f"Iter {event['step']:>{max(width, 6)}}/{event.get('max_steps', '?')} | Loss: {event['loss']:.4f}"
-            f" | LR: {event['lr']:.2e} | Grad: {_number(event.get('grad_norm'), '.2f')}"
-            f" | Time: {event.get('step_time', 0.0):.3f}s | Tok/s: {event.get('tokens_per_sec', 0.0):.0f}"
+            f" | LR: {event['lr']:.2e}"
+            + ("" if event.get("grad_norm") is None else f" | Grad: {_number(event['grad_norm'], '.2f')}")
+            + f" | Time: {event.get('step_time', 0.0):.3f}s | Tok/s: {event.get('tokens_per_sec', 0.0):.0f}"
         ]
     if kind == "eval":
         parts = [f"Eval {event['step']:>6} | Val loss: {event['val_loss']:.4f}", f"Perplexity: {event['val_perplexity']:.2f}"]
