@@ -148,3 +148,19 @@ def test_start_lines_name_the_precision_and_the_compile_pause(tmp_path):
     assert any(line.startswith("Precision: auto: ") for line in lines)
     assert any(line.startswith("torch.compile: the first step") for line in lines)
     assert lines.index("Starting training loop") == len(lines) - 1
+
+
+def test_jsonl_writes_non_finite_numbers_as_null_and_scalars_as_numbers(tmp_path):
+    import numpy as np
+    from modulm_loggers import JsonlLogger
+    from modulm_loggers.format import event_text
+
+    logger = JsonlLogger(run_dir=tmp_path)
+    logger.log({"event": "train", "step": np.int64(3), "loss": float("nan"), "lr": torch.tensor(0.5),
+                "grad_norm": float("inf"), "tokens_per_sec": np.float32(2.5), "scope": "sampled", "x": None})
+    logger.close()
+    record = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert record == {"event": "train", "step": 3, "loss": None, "lr": 0.5, "grad_norm": None,
+                      "tokens_per_sec": 2.5, "scope": "sampled", "x": None}
+    line = event_text({"event": "train", "step": 1, "max_steps": 2, "loss": 1.0, "lr": 1e-3, "grad_norm": None})[0]
+    assert "Grad" not in line and "| LR: 1.00e-03 | Time:" in line

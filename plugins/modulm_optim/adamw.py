@@ -15,6 +15,8 @@ moves, so trajectories agree closely (the tests measure it).
 Every parameter of a group at the same step, device and dtype is updated by one ``torch._foreach_*``
 call per line above, not by a Python loop of small ops per tensor. On the CPU the tensors are cut
 into cache-sized rounds first (see :mod:`.rounds`), so all the lines run while the data is in cache.
+On CUDA (``fused``, by default there) the first four lines run as one fused kernel instead: see
+:func:`_fused_update`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class AdamW(torch.optim.Optimizer):
 
     ``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)``, where ``params``
     is an iterable of tensors or of param-group dicts, as for any torch optimizer. State per
-    parameter: ``step`` (an int), ``exp_avg`` (m) and ``exp_avg_sq`` (v).
+    parameter: ``step`` (an int), ``exp_avg`` (m) and ``exp_avg_sq`` (v). ``fused`` runs the update
+    through torch's fused Adam kernel (None: on CUDA devices only); the algorithm is the same.
     """
 
     def __init__(
@@ -61,8 +64,10 @@ class AdamW(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.01,
+        fused: bool | None = None,
     ) -> None:
         beta1, beta2 = betas
+        self.fused = fused
         problems = _check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
         if problems:
             raise ValueError("AdamW: " + "; ".join(problems))
@@ -101,6 +106,9 @@ class AdamW(torch.optim.Optimizer):
                 items.append(value)
 
         for (device, _, step), tensors in buckets.items():
+            if self.fused if self.fused is not None else device.type == "cuda":
+                _fused_update(*tensors, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+                continue
             alpha_t = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
             for params, grads, exp_avgs, exp_avg_sqs in cache_sized_rounds(tensors, device):
                 torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
@@ -115,6 +123,22 @@ class AdamW(torch.optim.Optimizer):
                     torch._foreach_add_(params, params, alpha=-lr * weight_decay)
 
 
+def _fused_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
+                  step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """Algorithm 1 through ``torch._fused_adam_`` (one kernel for m, v and the update).
+
+    That kernel computes ``theta -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps')``;
+    with ``eps' = eps / sqrt(1 - beta2**t)`` this is exactly ``a_t * m / (sqrt(v) + eps)``. Its own
+    weight decay would come before the update, so the decay is applied here after it, as Algorithm 1
+    orders it. The step count goes in as a device tensor made by a fill, not a host copy.
+    """
+    steps = [torch.full((), float(step), dtype=torch.float32, device=params[0].device)] * len(params)
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=lr, beta1=beta1, beta2=beta2,
+                       weight_decay=0.0, eps=eps / math.sqrt(1 - beta2**step), amsgrad=False, maximize=False)
+    if weight_decay != 0:
+        torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+
+
 def adamw(
     lr: float = 3e-4,
     beta1: float = 0.9,
@@ -122,6 +146,7 @@ def adamw(
     eps: float = 1e-8,
     weight_decay: float = 0.1,
     no_decay: list[str] = (),
+    fused: bool | None = None,
     *,
     params: Iterable[Any],
 ) -> AdamW:
@@ -133,9 +158,10 @@ def adamw(
     eps: added to sqrt(v) in the update's denominator
     weight_decay: decoupled decay: each step theta -= lr * weight_decay * theta
     no_decay: glob patterns of parameter names exempt from weight decay, e.g. ["*norm*", "*ln*"]
+    fused: one fused kernel per update (torch._fused_adam_, same algorithm); unset: on CUDA only
     """
     problems = _check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     if problems:
         raise ModulmError("optimizer adamw: " + "; ".join(problems))
     groups = decay_groups("optimizer adamw", params, list(no_decay))
-    return AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    return AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay, fused=fused)
