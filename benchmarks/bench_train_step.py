@@ -13,6 +13,13 @@ Shakespeare, so the loss falls and the bf16 loss curve can be compared with fp32
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_train_step.py [--configs small,tiny]
         [--steps 10] [--warmup 3] [--no-compile] [--variants ref,fp32,bf16,compile] [--keep-freed-memory]
+
+On a GPU (``--device cuda``) steps are timed between device synchronisations, the reference also
+runs in bf16 (``ref-bf16``) and bf16 + torch.compile (``ref-bf16-compile``, with torch's fused AdamW),
+``bf16-compile`` is modulm's bf16 + torch.compile, and ``--peak-tflops 989`` reports MFU against the
+GPU's dense bf16 peak instead of the measured matmul ceiling (H100/H200 SXM: 989). Config ``gpt2``
+is GPT-2-small-sized: vocab 50257, context 1024, d_model 768, 12 layers, 12 heads, d_ff 2048
+(SwiGLU at GPT-2's MLP parameter count), batch 16.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import lzma
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,7 +60,12 @@ class Config:
 CONFIGS = {
     "small": Config("bench-small", 10000, 256, 512, 4, 16, 1344, 8),
     "tiny": Config("bench-tiny", 2048, 128, 128, 2, 4, 344, 16),
+    "gpt2": Config("gpt2-small", 50257, 1024, 768, 12, 12, 2048, 16),
 }
+#: variant -> (model, autocast bf16, torch.compile)
+VARIANTS = {"ref": ("ref", False, False), "ref-bf16": ("ref", True, False), "ref-bf16-compile": ("ref", True, True),
+            "fp32": ("modulm", False, False), "bf16": ("modulm", True, False), "compile": ("modulm", False, True),
+            "bf16-compile": ("modulm", True, True)}
 
 
 # -- the plain-PyTorch reference ----------------------------------------------------------------
@@ -145,7 +157,9 @@ def reference_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def reference_optimizer(model):
-    return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=True)
+    fused = next(model.parameters()).is_cuda  # torch's fastest AdamW where it has one
+    return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY,
+                             foreach=not fused, fused=fused or None)
 
 
 def keep_freed_memory() -> bool:
@@ -169,20 +183,28 @@ class MatmulCeiling:
     """This machine's matmul FLOP/s in one dtype: an n x n x n product, sampled between training
     steps so that it sees the same load from other processes as the steps do."""
 
-    def __init__(self, dtype: torch.dtype, n: int = 2048) -> None:
-        self.n = n
-        self.a, self.b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    def __init__(self, dtype: torch.dtype, device: torch.device = torch.device("cpu")) -> None:
+        self.n = n = 8192 if device.type == "cuda" else 2048
+        self.device = device
+        self.a, self.b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
         torch.mm(self.a, self.b)
         self.samples: list[float] = []
 
     def sample(self) -> None:
+        synchronize(self.device)
         start = time.perf_counter()
         torch.mm(self.a, self.b)
+        synchronize(self.device)
         self.samples.append(2 * self.n**3 / (time.perf_counter() - start))
 
     @property
     def flops(self) -> float:
         return statistics.median(self.samples)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def batches(cfg: Config, count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -204,47 +226,54 @@ def batches(cfg: Config, count: int, seed: int = 0) -> list[tuple[torch.Tensor, 
 class Runner:
     """One training set-up; ``step`` runs forward, loss, backward, optimizer step and zero_grad."""
 
-    def __init__(self, model, loss_fn, optimizer, autocast: bool) -> None:
+    def __init__(self, model, loss_fn, optimizer, autocast: bool, device: torch.device = torch.device("cpu")) -> None:
         self.model, self.loss_fn, self.optimizer, self.autocast = model, loss_fn, optimizer, autocast
+        self.device = device
         self.times: list[float] = []
         self.losses: list[float] = []
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        synchronize(self.device)
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             loss = self.loss_fn(self.model(inputs), targets)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
         self.times.append(time.perf_counter() - start)
         self.losses.append(loss.item())
 
 
-def make_runner(variant: str, cfg: Config, state: dict) -> Runner:
-    if variant == "ref":
+def make_runner(variant: str, cfg: Config, state: dict, device: torch.device = torch.device("cpu")) -> Runner:
+    kind, bf16, compiled = VARIANTS[variant]
+    if kind == "ref":
         model = RefLM(cfg)
-        model.load_state_dict(state)
-        return Runner(model, reference_loss, reference_optimizer(model), autocast=False)
-    loss_fn, make_optimizer = modulm_loss_and_optimizer()
-    model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff)
+        loss_fn, make_optimizer = reference_loss, reference_optimizer
+    else:
+        loss_fn, make_optimizer = modulm_loss_and_optimizer()
+        model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff)
     model.load_state_dict(state)
+    model.to(device)
     optimizer = make_optimizer(model)
-    if variant == "compile":
+    if compiled:
         model = torch.compile(model)
-    return Runner(model, loss_fn, optimizer, autocast=(variant == "bf16"))
+    return Runner(model, loss_fn, optimizer, autocast=bf16, device=device)
 
 
-def run_config(cfg: Config, variants: list[str], steps: int, warmup: int) -> list[dict]:
+def run_config(cfg: Config, variants: list[str], steps: int, warmup: int, device: torch.device = torch.device("cpu"),
+               peak: float | None = None) -> list[dict]:
     """Runs the variants' steps interleaved (step i of each, then step i + 1), so that load from
-    other processes on a shared machine hits every variant alike; reports medians."""
-    data = batches(cfg, warmup + steps)
+    other processes on a shared machine hits every variant alike; reports medians. ``peak``
+    (FLOP/s) replaces the measured matmul ceiling in the MFU."""
+    data = [(x.to(device), y.to(device)) for x, y in batches(cfg, warmup + steps)]
     torch.manual_seed(0)
     initial = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff)
     state = {k: v.clone() for k, v in initial.state_dict().items()}
     flops_per_step = model_accounting(initial, cfg.batch_size, cfg.context_length)["flops"]["train_per_step"]
     tokens = cfg.batch_size * cfg.context_length
-    runners = {variant: make_runner(variant, cfg, state) for variant in variants}
-    ceilings = {"fp32": MatmulCeiling(torch.float32), "bf16": MatmulCeiling(torch.bfloat16)}
+    runners = {variant: make_runner(variant, cfg, state, device) for variant in variants}
+    ceilings = {"fp32": MatmulCeiling(torch.float32, device), "bf16": MatmulCeiling(torch.bfloat16, device)}
     for i, (inputs, targets) in enumerate(data):
         for ceiling in ceilings.values():
             ceiling.sample()
@@ -256,7 +285,7 @@ def run_config(cfg: Config, variants: list[str], steps: int, warmup: int) -> lis
     rows = []
     for variant, runner in runners.items():
         seconds = statistics.median(runner.times[warmup:])
-        ceiling = ceilings["bf16" if variant == "bf16" else "fp32"].flops
+        ceiling = peak or ceilings["bf16" if VARIANTS[variant][1] else "fp32"].flops
         rows.append({
             "config": cfg.name, "variant": variant, "step_ms": 1e3 * seconds, "tokens_per_s": tokens / seconds,
             "mfu": flops_per_step / seconds / ceiling, "first_step_s": runner.times[0], "losses": runner.losses,
@@ -266,47 +295,64 @@ def run_config(cfg: Config, variants: list[str], steps: int, warmup: int) -> lis
 
 
 def report(rows: list[dict]) -> None:
-    names = {"ref": "reference fp32", "fp32": "modulm fp32", "bf16": "modulm bf16 autocast", "compile": "modulm fp32 compile"}
-    print(f"\n{'config':<12}{'run':<22}{'ms/step':>9}{'tokens/s':>10}{'x ref':>7}{'x fp32':>8}{'MFU':>6}"
+    names = {"ref": "reference fp32", "ref-bf16": "reference bf16", "ref-bf16-compile": "reference bf16 compile",
+             "fp32": "modulm fp32", "bf16": "modulm bf16 autocast", "compile": "modulm fp32 compile",
+             "bf16-compile": "modulm bf16 compile"}
+    print(f"\n{'config':<12}{'run':<24}{'ms/step':>9}{'tokens/s':>10}{'x ref':>7}{'x same':>7}{'x fp32':>8}{'MFU':>6}"
           f"{'loss 0':>8}{'loss N':>8}{'max|dloss| vs fp32':>20}")
+    print("(x ref: against reference fp32; x same: against the reference with the same precision and compile)")
     for config in dict.fromkeys(r["config"] for r in rows):
         group = {r["variant"]: r for r in rows if r["config"] == config}
         for variant, r in group.items():
             ref, fp32 = group.get("ref"), group.get("fp32")
+            same = next((group[v] for v, flags in VARIANTS.items()
+                         if flags == ("ref", *VARIANTS[variant][1:]) and v in group), None)
             x_ref = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}" if ref else "-"
+            x_same = f"{r['tokens_per_s'] / same['tokens_per_s']:.2f}" if same else "-"
             x_fp32 = f"{r['tokens_per_s'] / fp32['tokens_per_s']:.2f}" if fp32 else "-"
             diff = max(abs(a - b) for a, b in zip(r["losses"], fp32["losses"])) if fp32 else math.nan
-            print(f"{config:<12}{names[variant]:<22}{r['step_ms']:>9.1f}{r['tokens_per_s']:>10.0f}{x_ref:>7}{x_fp32:>8}"
+            print(f"{config:<12}{names[variant]:<24}{r['step_ms']:>9.1f}{r['tokens_per_s']:>10.0f}{x_ref:>7}{x_same:>7}{x_fp32:>8}"
                   f"{100 * r['mfu']:>5.0f}%{r['losses'][0]:>8.3f}{r['losses'][-1]:>8.3f}{diff:>20.4f}")
     for config in dict.fromkeys(r["config"] for r in rows):
         group = {r["variant"]: r for r in rows if r["config"] == config}
-        fp32 = next(r["ceiling"] for v, r in group.items() if v != "bf16")
-        bf16 = group["bf16"]["ceiling"] if "bf16" in group else None
-        print(f"{config}: matmul ceiling (median during the run) fp32 {fp32 / 1e9:.0f} GFLOP/s"
-              + (f", bf16 {bf16 / 1e9:.0f} GFLOP/s" if bf16 else ""))
-    compiled = [r for r in rows if r["variant"] == "compile"]
+        fp32 = next((r["ceiling"] for v, r in group.items() if not VARIANTS[v][1]), None)
+        bf16 = next((r["ceiling"] for v, r in group.items() if VARIANTS[v][1]), None)
+        print(f"{config}: MFU against " + ", ".join(f"{name} {value / 1e9:,.0f} GFLOP/s" for name, value in
+                                                   (("fp32", fp32), ("bf16", bf16)) if value))
+    compiled = [r for r in rows if VARIANTS[r["variant"]][2]]
     if compiled:
-        print("first compiled step (compilation): " + ", ".join(f"{r['config']} {r['first_step_s']:.1f} s" for r in compiled))
+        print("first compiled step (compilation): " + ", ".join(
+            f"{r['config']} {r['variant']} {r['first_step_s']:.1f} s" for r in compiled))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="small,tiny", help="comma-separated: small, tiny")
-    parser.add_argument("--variants", default="ref,fp32,bf16,compile", help="comma-separated: ref, fp32, bf16, compile")
+    parser.add_argument("--configs", default="small,tiny", help="comma-separated: " + ", ".join(CONFIGS))
+    parser.add_argument("--variants", default="ref,fp32,bf16,compile", help="comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--peak-tflops", type=float, help="MFU against this dense peak (TFLOP/s) instead of the measured ceiling")
+    parser.add_argument("--batch-size", type=int, help="override every config's batch size")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="tune glibc malloc to keep freed memory (no mmap, no trim) for every run")
     parser.add_argument("--steps", type=int, default=10, help="measured steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps per run (not timed)")
     args = parser.parse_args()
-    variants = [v for v in args.variants.split(",") if not (args.no_compile and v == "compile")]
+    variants = [v for v in args.variants.split(",") if not (args.no_compile and VARIANTS[v][2])]
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        from modulm.runtime import set_tf32
+        set_tf32(True)  # the fp32 runs use TF32, as modulm's system.tf32 default does
 
     tuned = args.keep_freed_memory and keep_freed_memory()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {args.device} ({where}), {torch.get_num_threads()} threads, "
           f"malloc: {'keeps freed memory (mallopt)' if tuned else 'glibc defaults'}")
     rows = []
     for key in args.configs.split(","):
-        rows += run_config(CONFIGS[key], variants, args.steps, args.warmup)
+        cfg = CONFIGS[key] if args.batch_size is None else replace(CONFIGS[key], batch_size=args.batch_size)
+        rows += run_config(cfg, variants, args.steps, args.warmup, device,
+                           args.peak_tflops * 1e12 if args.peak_tflops else None)
     report(rows)
 
 

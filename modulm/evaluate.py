@@ -72,7 +72,8 @@ def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torc
     start = time.perf_counter()
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    wide = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
+    total, count = torch.zeros((), dtype=wide, device=device), 0  # read once at the end: no sync per batch
     try:
         for window in windows:
             batch = torch.from_numpy(window.astype(np.int64)).to(device)
@@ -81,9 +82,9 @@ def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torc
                 continue
             with autocast():
                 logits = model(inputs)
-            total += cross_entropy(logits.float(), targets).item() * targets.numel()
+            total += cross_entropy(logits.float(), targets).to(wide) * targets.numel()
             count += targets.numel()
     finally:
         model.train(was_training)
-    loss = total / count if count else float("nan")
+    loss = total.item() / count if count else float("nan")
     return EvalResult(loss, count, time.perf_counter() - start, bytes_per_token)
