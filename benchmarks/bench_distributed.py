@@ -34,7 +34,7 @@ def recipe(root: Path, run: str, batch: int, steps: int) -> Path:
         "training": {"batch_size": batch, "max_iterations": steps},
         "checkpointing": {"checkpoint_dir": str(root / run), "checkpoint_interval": 0, "overwrite": True},
         "logging": {"log_interval": 1, "eval_interval": 0},
-        "system": {"device": "cpu", "seed": 0},
+        "system": {"device": "cpu", "dtype": "float32", "seed": 0},
         "distributed": {"backend": "gloo"},
         "generation": {"max_tokens": 0},
         "loggers": [{"component": "jsonl"}],

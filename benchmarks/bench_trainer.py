@@ -42,7 +42,7 @@ def recipe(workdir: Path, steps: int, run: str) -> dict:
         "checkpointing": {"checkpoint_dir": str(workdir / run), "overwrite": True},
         "logging": {"final_eval": "sampled"},
         "generation": {"max_tokens": 0},
-        "system": {"device": "cpu"},
+        "system": {"device": "cpu", "dtype": "float32"},  # the bare loop runs float32 too
     }
 
 

@@ -93,7 +93,7 @@ def tiny_recipe(tmp_path: Any, steps: int = 2) -> dict[str, Any]:
         "training": {"batch_size": 2, "max_iterations": steps},
         "checkpointing": {"checkpoint_dir": str(tmp_path / "run"), "checkpoint_interval": 0, "resume": False},
         "logging": {"log_interval": 1, "eval_interval": 0, "eval_iters": 1, "final_eval": "sampled"},
-        "system": {"device": "cpu", "compile": False, "seed": 0},
+        "system": {"device": "cpu", "dtype": "float32", "compile": False, "seed": 0},  # the same on every CPU
         "generation": {"max_tokens": 0},
         "loggers": [],
     }
