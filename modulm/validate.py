@@ -2,7 +2,7 @@
 
 Each problem is one line: ``FILE: TOML.PATH: what is wrong [component NAME from plugin P]; hint``.
 Binding returns the checked values ready to build: component tables become
-:class:`~modulm.assemble.ComponentBuilder` objects, settings tables dataclass instances.
+:class:`~modulm.builders.ComponentBuilder` objects, settings tables dataclass instances.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from modulm.builders import ComponentBuilder
 from modulm.schema import Param, Schema, schema_of
 
 if TYPE_CHECKING:
@@ -122,8 +123,6 @@ def _bind_settings(ctx, registry, cls: type, table: Mapping[str, Any], path: tup
 
 
 def _bind_component(ctx, registry: "Registry", kind: str, spec: Any, path: tuple, default_name: str | None) -> Any:
-    from modulm.assemble import ComponentBuilder
-
     if isinstance(spec, str):
         spec = {"component": spec}
     if not isinstance(spec, Mapping):
