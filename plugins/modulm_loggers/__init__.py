@@ -11,6 +11,8 @@ from typing import Any, Literal, Mapping
 from modulm import hookimpl
 from modulm_loggers.format import event_text, stamped
 
+__all__ = ["ConsoleLogger", "FileLogger", "JsonlLogger", "TensorBoardLogger", "WandbLogger"]
+
 
 class ConsoleLogger:
     """Print the training guide's log lines to the terminal.
@@ -55,6 +57,14 @@ class FileLogger:
         self._file.close()
 
 
+def __getattr__(name: str) -> Any:  # the trackers import their packages lazily anyway; keep start-up light
+    if name in ("TensorBoardLogger", "WandbLogger"):
+        from modulm_loggers import trackers
+
+        return getattr(trackers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -89,6 +99,5 @@ def modulm_register_components(registry):
     registry.logger("console", ConsoleLogger)
     registry.logger("file", FileLogger)
     registry.logger("jsonl", JsonlLogger)
-    from modulm_loggers.trackers import TensorBoardLogger, WandbLogger
-    registry.logger("wandb", WandbLogger)
-    registry.logger("tensorboard", TensorBoardLogger)
+    registry.logger("wandb", "modulm_loggers.trackers:WandbLogger")
+    registry.logger("tensorboard", "modulm_loggers.trackers:TensorBoardLogger")
