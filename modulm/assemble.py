@@ -13,26 +13,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from modulm.builders import ComponentBuilder, resolved
+from modulm.builders import ComponentBuilder, bind, resolved
 from modulm.errors import RecipeError
 from modulm.recipe import Recipe, bind_component, load_recipe, recipe_from_dict, validate
 from modulm.registry import Registry
 from modulm.validate import settings_table
 
-__all__ = ["Assembly", "ComponentBuilder", "assemble", "builder", "cache_dir", "create", "resolved_recipe"]
+__all__ = ["Assembly", "ComponentBuilder", "assemble", "bind", "builder", "cache_dir", "create", "resolved_recipe"]
 
 
-def builder(registry: Registry, kind: str, spec: str | Mapping[str, Any], *, source: str = "<python>", path: str = "") -> ComponentBuilder:
+def builder(registry: Registry, kind: str, spec: str | Mapping[str, Any], *, source: str = "<python>", path: str = "",
+            **injected: Any) -> ComponentBuilder:
     """Validate ``spec`` (a name or a table with ``component``) against the registry and bind it.
 
-    Raises :class:`RecipeError` listing every problem found at any depth.
+    ``injected`` are injected values bound now (see :meth:`ComponentBuilder.bind`), e.g.
+    ``builder(reg, "position", "rope", theta=500000.0)``: the attention that builds it later passes
+    only ``d_k`` and ``context_length``. Raises :class:`RecipeError` listing every problem found
+    at any depth.
     """
     problems: list[str] = []
     bound = bind_component(registry, kind, spec, source=source, path=path or kind, problems=problems)
     if problems:
         raise RecipeError(problems)
     assert bound is not None
-    return bound
+    return bound.bind(**injected) if injected else bound
 
 
 def create(registry: Registry, kind: str, spec: str | Mapping[str, Any], **injected: Any) -> Any:

@@ -7,12 +7,11 @@ nested part as a builder, which this class calls with the sizes it knows.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
 
 from modulm import nested
+from modulm.builders import bind
 from modulm_transformer import components
 from modulm_transformer.accounting import format_accounting, model_accounting
 from modulm_transformer.cache import KVCache
@@ -40,7 +39,7 @@ class TransformerLM(nn.Module):
         self.token_embeddings = Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(
             block(d_model=d_model, num_heads=num_heads, d_ff=d_ff, context_length=context_length,
-                  attention=attention, ffn=ffn, norm=norm, position=functools.partial(position, theta=rope_theta))
+                  attention=attention, ffn=ffn, norm=norm, position=bind(position, theta=rope_theta))
             for _ in range(num_layers)
         )
         self.ln_final = norm(d_model=d_model)
