@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from modulm import hookimpl
+from modulm.lazy import lazy_attributes
 from modulm_loggers.format import event_text, stamped
 
 __all__ = ["ConsoleLogger", "FileLogger", "JsonlLogger", "TensorBoardLogger", "WandbLogger"]
+__getattr__ = lazy_attributes(__name__, {"TensorBoardLogger": "modulm_loggers.trackers", "WandbLogger": "modulm_loggers.trackers"})
 
 
 class ConsoleLogger:
@@ -55,14 +57,6 @@ class FileLogger:
 
     def close(self) -> None:
         self._file.close()
-
-
-def __getattr__(name: str) -> Any:  # the trackers import their packages lazily anyway; keep start-up light
-    if name in ("TensorBoardLogger", "WandbLogger"):
-        from modulm_loggers import trackers
-
-        return getattr(trackers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _json_safe(value: Any) -> Any:
