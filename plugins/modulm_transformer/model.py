@@ -25,6 +25,11 @@ class TransformerLM(nn.Module):
     arguments of their kind); ``None`` picks the CS336 default. ``position`` also receives
     ``theta=rope_theta``. With ``tie_embeddings`` the LM head and the token embedding share one
     matrix (initialised as the LM head).
+
+    ``TransformerLM(vocab_size, context_length=512, d_model=512, num_layers=6, num_heads=8,
+    d_ff=2048, rope_theta=10000.0, tie_embeddings=False, *, block=None, attention=None, ffn=None,
+    norm=None, position=None)``: int64 ids ``(..., T)`` with ``T <= context_length`` ->
+    logits ``(..., T, vocab_size)``.
     """
 
     def __init__(self, vocab_size: int, context_length: int = 512, d_model: int = 512, num_layers: int = 6,
