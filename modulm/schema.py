@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from modulm.constraints import Rule, constraints_of, describe, rules_of
 from modulm.kinds import NestedKind
 
 REQUIRED = inspect.Parameter.empty
@@ -25,6 +26,7 @@ class Param:
     settings: type | None = None  # set when the value is a settings table (a dataclass)
     choices: tuple | None = None  # the allowed values of a Literal annotation
     doc: str = ""
+    constraints: tuple = ()  # annotated-types markers (Ge(1), Interval(gt=0, le=1), ...)
 
     @property
     def required(self) -> bool:
@@ -40,6 +42,10 @@ class Param:
         shown = [t for t in self.types if not (t is int and float in self.types)]  # float accepts int
         return " | ".join("None" if t is type(None) else t.__name__ for t in shown)
 
+    def range_text(self) -> str:
+        """The declared range as people write it (``">= 1"``, ``"in (0, 1]"``), or ``""``."""
+        return describe(self.constraints)
+
 
 @dataclass(frozen=True)
 class Schema:
@@ -48,6 +54,7 @@ class Schema:
     params: tuple[Param, ...]
     injected: tuple[str, ...]
     accepts_any: bool = False  # **kwargs in the signature: unknown keys cannot be checked
+    rules: tuple[Rule, ...] = ()  # cross-field rules (modulm.constraints.checks), run after the parameters
 
     def get(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -142,9 +149,10 @@ def schema_of(factory: Callable) -> Schema:
                 choices=literal_choices(annotation),
                 settings=annotation if dataclasses.is_dataclass(annotation) and isinstance(annotation, type) else None,
                 doc=_param_doc(factory, p.name),
+                constraints=constraints_of(annotation),
             )
         )
-    return Schema(tuple(params), tuple(injected), accepts_any)
+    return Schema(tuple(params), tuple(injected), accepts_any, rules_of(factory))
 
 
 def _param_doc(factory: Callable, name: str) -> str:

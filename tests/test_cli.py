@@ -26,7 +26,7 @@ def test_plugins_lists_every_kind_and_builtin(capsys):
         assert f"\n{kind}:\n" in out
     for plugin in ("transformer", "optim", "bpe", "data", "loggers"):
         assert f"  {plugin:<14} modulm 0.1.0" in out
-    assert "  adamw  [optim]  " in out and "lr: float = 0.0003" in out and "(injected: params)" in out
+    assert "  adamw  [optim]  " in out and "lr: float (> 0) = 0.0003" in out and "(injected: params)" in out
 
 
 def test_validate_reports_both_problems_with_file_path_and_hint(tmp_path, capsys):
