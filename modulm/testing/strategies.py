@@ -3,7 +3,8 @@
 * :func:`model_configs` -- small transformer recipe tables that build in milliseconds;
 * :func:`token_batches` -- int64 id tensors ``(batch, T)`` below a vocabulary size;
 * :func:`unicode_text` -- any unicode text (no lone surrogates) with special tokens mixed in;
-* :func:`recipe_tables` -- valid recipe tables for a component, drawn from its signature.
+* :func:`recipe_tables` -- valid recipe tables for a component, drawn from its signature;
+* :func:`out_of_range` -- values of a parameter's type outside its declared range.
 """
 
 from __future__ import annotations
@@ -145,3 +146,23 @@ def recipe_tables(draw: Any, kind: str, component: str | Callable[..., Any], reg
                 del table[key]
             drawn = [key for key in drawn if key not in dropped]
     return table
+
+
+def out_of_range(param: Any) -> st.SearchStrategy[Any]:
+    """Values of ``param``'s type that break its declared range (a :class:`modulm.schema.Param`
+    with ``constraints``): beyond each bound, NaN for a float, empty for a length bound."""
+    from modulm.constraints import violation
+    from modulm.testing.schema_checks import outside_values
+
+    low, high, low_open, high_open = _bounds(param)
+    is_float = float in (param.types or ())
+    options: list[st.SearchStrategy[Any]] = [st.sampled_from(outside_values(param))] if outside_values(param) else []
+    if low is not None:
+        options.append(st.floats(max_value=low, exclude_max=not low_open, allow_nan=False, allow_infinity=False, width=64)
+                       if is_float else st.integers(int(low) - 10**6, int(low)))
+    if high is not None:
+        options.append(st.floats(min_value=high, exclude_min=not high_open, allow_nan=False, allow_infinity=False)
+                       if is_float else st.integers(int(high), int(high) + 10**6))
+    if not options:
+        raise ValueError(f"{param.name} declares no range that can be broken")
+    return st.one_of(options).filter(lambda v: violation(v, param.constraints) is not None)
