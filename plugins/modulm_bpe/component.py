@@ -28,7 +28,7 @@ def _vocab_holds_bytes_and_specials(p: Mapping[str, Any]) -> list[str]:
 class BPETokenizer:
     """Byte-level BPE tokenizer (GPT-2 pre-tokenization), loaded from a directory or trained.
 
-    vocab_size: vocabulary size to train to, counting special tokens and the 256 bytes (at least 256 + the special tokens, at most 2**32)
+    vocab_size: vocabulary size to train to, counting special tokens and the 256 bytes (so at least 256 + the special tokens)
     special_tokens: strings never split and never merged across, e.g. "<|endoftext|>"
     path: directory with vocab.json, merges.txt, special_tokens.json to load; unset: train first
     num_workers: pre-tokenization processes when training; unset picks by input size and CPUs

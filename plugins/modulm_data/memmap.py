@@ -147,7 +147,7 @@ class MemmapSource(TokenSource):
     """Token files (.npy, or raw .bin with an explicit dtype), memory-mapped and sampled uniformly.
 
     train: path of the training token file (.npy, or a raw file with dtype set)
-    vocab_size: size of the vocabulary; every token id must be below it (at most 2**32, and within dtype)
+    vocab_size: size of the vocabulary; every token id must be below it (and fit an explicit dtype)
     val: path of the validation token file (optional)
     dtype: "auto" (the .npy header's dtype) or uint16, uint32, int32, int64; required for raw files, must match a .npy header
     tokenizer: directory of the saved tokenizer that made the ids (optional; gives bits per byte and decoded samples)
