@@ -4,12 +4,14 @@ The public API, loaded lazily so that ``import modulm`` (and the CLI's start-up)
 
 * ``modulm.load_plugins(...)`` -> a plugin manager whose ``.registry`` holds every component;
 * ``modulm.create(registry, kind, spec, **injected)`` builds one component;
+* ``modulm.checks(rule)``, ``modulm.problem``, ``modulm.warning``: cross-field rules of a component;
 * ``modulm.assemble(recipe, registry=None, overrides=())`` builds a whole recipe (path or dict);
 * ``modulm.Trainer(assembly).run()`` trains it;
 * ``modulm.generate(model, tokenizer, prompt, ...)`` streams a completion.
 """
 
 from modulm.assemble import assemble, create  # binds the functions over the submodule's name
+from modulm.constraints import checks, problem, warning
 from modulm.errors import ModulmError, RecipeError
 from modulm.hookspecs import hookimpl
 from modulm.kinds import KINDS, nested
@@ -24,7 +26,8 @@ _LAZY = {
     "load_checkpoint": ("modulm.checkpoint", "load_checkpoint"),
 }
 
-__all__ = ["KINDS", "ModulmError", "RecipeError", "__version__", "assemble", "create", "hookimpl", "nested", *_LAZY]
+__all__ = ["KINDS", "ModulmError", "RecipeError", "__version__", "assemble", "checks", "create", "hookimpl", "nested",
+           "problem", "warning", *_LAZY]
 
 
 def __getattr__(name):
