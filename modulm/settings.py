@@ -6,6 +6,7 @@ Each settings table is a dataclass; its fields are validated like a component's 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Mapping
 
@@ -54,8 +55,8 @@ class CheckpointSettings:
     checkpoint_dir: Annotated[str, MinLen(1)] = "./checkpoints"
     checkpoint_interval: Annotated[int, Ge(0)] = 1000
     keep_last: Annotated[int, Ge(1)] = 3
-    resume: str | bool = "auto"
-    resume_from: str | None = None
+    resume: Annotated[str, MinLen(1)] | bool = "auto"
+    resume_from: Annotated[str, MinLen(1)] | None = None
     overwrite: bool = False
 
 
@@ -75,8 +76,17 @@ class LoggingSettings:
     final_eval: Literal["full", "sampled"] = "full"
 
 
+DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _device_names_a_device(p: Mapping[str, Any]) -> list:
+    if not DEVICE_NAME.fullmatch(str(p["device"])):
+        return [problem(f"{p['device']!r} is not a device (use auto, cpu, cuda, cuda:N or mps)", key="device")]
+    return []
+
+
 def _float16_needs_a_gpu(p: Mapping[str, Any]) -> list:
-    if p["dtype"] != "float16":
+    if p["dtype"] != "float16" or _device_names_a_device(p):
         return []
     device = str(p["device"])
     if device == "auto":
@@ -91,7 +101,7 @@ def _float16_needs_a_gpu(p: Mapping[str, Any]) -> list:
     return []
 
 
-@checks(_float16_needs_a_gpu)
+@checks(_device_names_a_device, _float16_needs_a_gpu)
 @dataclass
 class SystemSettings:
     """[system]: hardware and reproducibility.

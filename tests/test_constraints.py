@@ -171,6 +171,8 @@ def _problems(**tables) -> list[str]:
     ({"model": {"d_model": 18, "num_heads": 6}}, "model.num_heads: RoPE needs an even head width, and d_model / num_heads = 18 / 6 = 3"),
     ({"training": {"batch_size": 6, "grad_accum_steps": 4}}, "training.batch_size: 6 is not divisible by training.grad_accum_steps (4)"),
     ({"system": {"dtype": "float16", "device": "cpu"}}, "system.dtype: float16 autocast is not supported on device cpu"),
+    ({"system": {"device": "gpu"}}, "system.device: 'gpu' is not a device (use auto, cpu, cuda, cuda:N or mps)"),
+    ({"system": {"device": "gpu", "dtype": "float16"}}, "system.device: 'gpu' is not a device"),
     ({"optimizer": {"lr": 1e-4}, "schedule": {"min_lr": 1e-3}}, "schedule.min_lr: 0.001 exceeds the optimizer's peak lr (0.0001)"),
     ({"data": {"dtype": "uint16", "vocab_size": 70000}}, "data.dtype: uint16 holds token ids up to 65535, too few for vocab_size 70000"),
     ({"data": {"component": "text", "train": "a.txt", "tokenizer": {"vocab_size": 256}}}, "data.tokenizer: vocab_size 256 is too small"),

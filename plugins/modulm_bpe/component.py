@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator, Mapping
 
-from annotated_types import Ge, Interval
+from annotated_types import Ge, Interval, MinLen
 
 from modulm.constraints import checks
 from modulm.errors import ModulmError
@@ -36,7 +36,7 @@ class BPETokenizer:
 
     def __init__(self, vocab_size: Annotated[int, Interval(ge=256, le=2**32)] = 10000,
                  special_tokens: list[str] = ["<|endoftext|>"],  # noqa: B006 (never mutated)
-                 path: str | None = None, num_workers: Annotated[int, Ge(1)] | None = None) -> None:
+                 path: Annotated[str, MinLen(1)] | None = None, num_workers: Annotated[int, Ge(1)] | None = None) -> None:
         self.special_tokens_requested = check_special_tokens(special_tokens)
         self.target_vocab_size = check_vocab_size(vocab_size, self.special_tokens_requested)
         self.num_workers = num_workers

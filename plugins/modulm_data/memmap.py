@@ -159,7 +159,7 @@ class MemmapSource(TokenSource):
         vocab_size: Annotated[int, Interval(ge=1, le=MAX_VOCAB)],
         val: Annotated[str, MinLen(1)] | None = None,
         dtype: Literal["auto", "uint16", "uint32", "int32", "int64"] = "auto",
-        tokenizer: str | None = None,
+        tokenizer: Annotated[str, MinLen(1)] | None = None,
         *,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
