@@ -222,3 +222,16 @@ def test_third_party_rules_and_ranges_get_the_same_treatment():
     problems = []
     bind_component(registry, "norm", {"component": "acme-checked", "floor": 0.7}, path="model.norm", problems=problems)
     assert problems == ["<python>: model.norm.floor: 0.7 must stay below cutoff (0.5) [norm 'acme-checked' from plugin 'acme']"]
+
+
+def test_assemble_prints_the_warnings_of_a_valid_recipe_once(tmp_path, capsys):
+    import numpy as np
+
+    from modulm.assemble import assemble
+
+    np.save(tmp_path / "tokens.npy", np.arange(64, dtype=np.uint16) % 256)
+    recipe = {**BASE, "data": {**BASE["data"], "train": str(tmp_path / "tokens.npy")}, "schedule": {"warmup_iters": 9}}
+    assemble(recipe, REGISTRY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["modulm: warning: <python>: schedule.warmup_iters: 9 >= training.max_iterations (4): "
+                   "the run ends before the learning rate reaches its peak"]
