@@ -9,8 +9,8 @@ declared (a factory's signature or a settings dataclass field)::
     def my_ffn(hidden_multiple: Annotated[int, Ge(1)] = 64, dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0,
                *, d_model: int, d_ff: int | None = None): ...
 
-Enforced markers: ``Gt``, ``Ge``, ``Lt``, ``Le`` (and ``Interval``, which groups them),
-``MultipleOf``, ``MinLen``, ``MaxLen`` (and ``Len``). Other markers are kept in the schema but not
+Enforced markers: ``Gt``, ``Ge``, ``Lt``, ``Le`` (and ``Interval``, which groups them; a float
+with any of them must also be finite), ``MultipleOf``, ``MinLen``, ``MaxLen`` (and ``Len``). Other markers are kept in the schema but not
 enforced; ``modulm.testing.check_declared_ranges`` flags them.
 
 Rules that need several values are functions attached with :func:`checks`: each receives the
@@ -113,12 +113,19 @@ def _holds(value: Any, c: at.BaseMetadata) -> bool:
     return True
 
 
+_BOUNDS = (at.Gt, at.Ge, at.Lt, at.Le)
+
+
 def violation(value: Any, constraints: Iterable[at.BaseMetadata]) -> str | None:
-    """None when ``value`` keeps every enforced rule, else what it must be (``"must be >= 1"``)."""
+    """None when ``value`` keeps every enforced rule, else what it must be (``"must be >= 1"``).
+
+    A float with a declared bound must also be finite: no range means infinity or NaN.
+    """
     items = [c for c in constraints if isinstance(c, ENFORCED)]
-    if all(_holds(value, c) for c in items):
+    infinite = isinstance(value, float) and math.isinf(value) and any(isinstance(c, _BOUNDS) for c in items)
+    if not infinite and all(_holds(value, c) for c in items):
         return None
-    return f"must be {describe(items)}"
+    return f"must be {'finite and ' if infinite else ''}{describe(items)}"
 
 
 # -- cross-field rules --------------------------------------------------------------------------

@@ -146,7 +146,7 @@ def test_ranges_read_as_people_write_them(marks, text):
 
 
 @pytest.mark.parametrize("value, marks, refused", [
-    (0, (at.Ge(1),), True), (1, (at.Ge(1),), False), (0.0, (at.Gt(0),), True), (math.nan, (at.Ge(0),), True),
+    (0, (at.Ge(1),), True), (1, (at.Ge(1),), False), (math.inf, (at.Gt(0),), True), (10**30, (at.Ge(0),), False), (0.0, (at.Gt(0),), True), (math.nan, (at.Ge(0),), True),
     (1.0, tuple(at.Interval(ge=0, lt=1)), True), (0.999, tuple(at.Interval(ge=0, lt=1)), False),
     (12, (at.MultipleOf(8),), True), ("", (at.MinLen(1),), True), ([], (at.MinLen(1),), True), ("x", (at.MinLen(1),), False),
 ])

@@ -34,7 +34,7 @@ def _step(value: float, kind: str, direction: float) -> float:
 
 
 def outside_values(param: Any) -> list[Any]:
-    """Values just outside each declared bound of ``param`` (and NaN for a float), of its own type."""
+    """Values just outside each declared bound of ``param`` (and NaN and infinity for a float), of its own type."""
     kind = _numeric(param)
     values: list[Any] = []
     for c in param.constraints:
@@ -50,7 +50,7 @@ def outside_values(param: Any) -> list[Any]:
         if isinstance(c, at.MinLen) and c.min_length >= 1:
             values.append([] if param.types and list in param.types and str not in param.types else "")
     if kind == "float" and any(isinstance(c, (at.Ge, at.Gt, at.Le, at.Lt)) for c in param.constraints):
-        values.append(math.nan)
+        values += [math.nan, math.inf]
     return values
 
 
