@@ -125,6 +125,8 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, origins: d
     command line. With ``origins``, every path the override creates or replaces is recorded as
     coming from the command line (a converted name keeps the origin of its ``component``).
     """
+    if keys[0] in META_KEYS:
+        raise _override_error(keys, f"{keys[0]!r} cannot be given on the command line; write it in the recipe")
     node: Any = data
     for i, key in enumerate(keys[:-1]):
         here, nxt = tuple(keys[: i + 1]), keys[i + 1]
@@ -134,7 +136,7 @@ def apply_override(data: dict[str, Any], keys: list[str], value: Any, origins: d
             node = node[index]
             continue
         if key not in node:
-            if nxt.isdigit():
+            if nxt.lstrip("-").isdigit():
                 raise _override_error(keys, f"{'.'.join(here)} is not set in the recipe (its default applies), so "
                                             f"{nxt!r} indexes nothing; write the array out in the recipe first")
             node[key] = {}

@@ -66,7 +66,8 @@ def _check_keys(ctx: _Context, schema: Schema, table: Mapping[str, Any], path: t
             ctx.report(path + (key,), "is set at run time (injected) and cannot be given in a recipe", component)
             continue
         close = difflib.get_close_matches(key, schema.names, n=1, cutoff=0.6)
-        nested_keys = ctx.key_hint(key) if ctx.key_hint is not None and not path else []
+        leaf = not isinstance(table[key], Mapping)  # a table written at the top is a misspelt table, not a leaf
+        nested_keys = ctx.key_hint(key) if ctx.key_hint is not None and not path and leaf else []
         if nested_keys:
             hint = f"; did you mean {' or '.join(repr(k) for k in nested_keys[:3])}?"
         elif close:

@@ -237,6 +237,8 @@ def test_a_recipe_that_is_not_toml_says_recipes_are_toml(tmp_path, capsys, suffi
     ("training.batch_size.x=1", "[training]\nbatch_size = 32\n",
      "<command line>: override training.batch_size.x: training.batch_size is an integer (32), not a table, so it has no key 'x'"),
     ("data.vocab_size.x.y=1", "", "<command line>: override data.vocab_size.x.y: data.vocab_size is an integer (256), not a table"),
+    ("loggers.-1.x=1", "", "<command line>: override loggers.-1.x: '-1' is not an index of loggers, an array of 1 entry (0 to 0)"),
+    ("extends=other.toml", "", "<command line>: override extends: 'extends' cannot be given on the command line"),
     ("loggers.0.timestamps.x=1", "timestamps = true\n",
      "<command line>: override loggers.0.timestamps.x: loggers.0.timestamps is a boolean (True), not a table"),
 ])
@@ -256,3 +258,8 @@ def test_a_component_named_in_the_file_keeps_blaming_the_file_after_an_override(
     code, lines, path = _validate_cli(tmp_path, capsys, "model.ffn.x=1", text=text)
     assert code == 2
     assert any(line.startswith(f"modulm: error: {path}: model.ffn.component: unknown ffn component 'swigloo'") for line in lines), lines
+
+
+def test_a_misspelt_table_at_the_top_suggests_the_table_not_a_key_of_that_name(tmp_path, capsys):
+    code, lines, _ = _validate_cli(tmp_path, capsys, "train.batch_size=3")
+    assert code == 2 and lines == ["modulm: error: <command line>: train: unknown key; did you mean 'training'?"]
