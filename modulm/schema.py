@@ -27,6 +27,7 @@ class Param:
     choices: tuple | None = None  # the allowed values of a Literal annotation
     doc: str = ""
     constraints: tuple = ()  # annotated-types markers (Ge(1), Interval(gt=0, le=1), ...)
+    items: tuple[type, ...] | None = None  # accepted simple types of an array's elements; None = not checked
 
     @property
     def required(self) -> bool:
@@ -95,6 +96,22 @@ def _simple_types(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
+def _item_types(annotation: Any) -> tuple[type, ...] | None:
+    """The simple types a ``list[X]`` annotation (possibly in a union or Annotated) allows its items."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _item_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _item_types(arg)
+            if found is not None:
+                return found
+        return None
+    if origin in (list, typing.Sequence) and len(typing.get_args(annotation)) == 1:
+        return _simple_types(typing.get_args(annotation)[0])
+    return None
+
+
 def _nested_marker(annotation: Any) -> NestedKind | None:
     if typing.get_origin(annotation) is typing.Annotated:
         for extra in typing.get_args(annotation)[1:]:
@@ -150,6 +167,7 @@ def schema_of(factory: Callable) -> Schema:
                 settings=annotation if dataclasses.is_dataclass(annotation) and isinstance(annotation, type) else None,
                 doc=_param_doc(factory, p.name),
                 constraints=constraints_of(annotation),
+                items=_item_types(annotation),
             )
         )
     return Schema(tuple(params), tuple(injected), accepts_any, rules_of(factory))

@@ -131,6 +131,11 @@ def _bind_value(ctx, registry, param: Param, value: Any, path: tuple, component,
     if not _type_ok(value, param):
         ctx.report(path, f"expected {param.type_name()}, got {_toml_type(value)} {value!r}", component)
         return value
+    if param.items is not None and isinstance(value, list):
+        item = Param(param.name, types=param.items)
+        for i, element in enumerate(value):
+            if not _type_ok(element, item):
+                ctx.report(path + (i,), f"expected {item.type_name()}, got {_toml_type(element)} {element!r}", component)
     if param.choices is not None and value not in param.choices:
         allowed = ", ".join(repr(c) for c in param.choices)
         ctx.report(path, f"{value!r} is not one of {allowed}", component)

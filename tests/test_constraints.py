@@ -175,7 +175,7 @@ def _problems(**tables) -> list[str]:
     ({"system": {"device": "gpu", "dtype": "float16"}}, "system.device: 'gpu' is not a device"),
     ({"optimizer": {"lr": 1e-4}, "schedule": {"min_lr": 1e-3}}, "schedule.min_lr: 0.001 exceeds the optimizer's peak lr (0.0001)"),
     ({"data": {"dtype": "uint16", "vocab_size": 70000}}, "data.dtype: uint16 holds token ids up to 65535, too few for vocab_size 70000"),
-    ({"data": {"component": "text", "train": "a.txt", "tokenizer": {"vocab_size": 256}}}, "data.tokenizer: vocab_size 256 is too small"),
+    ({"data": {"component": "text", "train": "a.txt", "tokenizer": {"vocab_size": 256}}}, "data.tokenizer.vocab_size: vocab_size 256 is too small: it must be at least 256 bytes + 1 special token(s) = 257"),
 ])
 def test_cross_field_rules_are_reported_by_validate_with_their_path(tables, expected):
     problems = _problems(**tables)

@@ -263,3 +263,11 @@ def test_a_component_named_in_the_file_keeps_blaming_the_file_after_an_override(
 def test_a_misspelt_table_at_the_top_suggests_the_table_not_a_key_of_that_name(tmp_path, capsys):
     code, lines, _ = _validate_cli(tmp_path, capsys, "train.batch_size=3")
     assert code == 2 and lines == ["modulm: error: <command line>: train: unknown key; did you mean 'training'?"]
+
+
+def test_array_elements_are_checked_against_the_declared_item_type(tmp_path, capsys):
+    code, lines, _ = _validate_cli(tmp_path, capsys, "optimizer.no_decay=['*norm*', 3]", "data.val=7")
+    assert code == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("modulm: error: <command line>: data.val: expected str | None, got integer 7")
+    assert lines[1] == ("modulm: error: <command line>: optimizer.no_decay.1: expected str, got integer 3 "
+                        "[optimizer 'adamw' from plugin 'optim']")

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Iterable, Iterator, Mapping
 
 from annotated_types import Ge, Interval, MinLen
 
-from modulm.constraints import checks
+from modulm.constraints import checks, problem
 from modulm.errors import ModulmError
 
 from modulm_bpe.pretokenize import check_special_tokens
@@ -16,11 +16,15 @@ from modulm_bpe.tokenizer import Tokenizer
 from modulm_bpe.train import check_vocab_size, train_bpe
 
 
-def _vocab_holds_bytes_and_specials(p: Mapping[str, Any]) -> list[str]:
+def _vocab_holds_bytes_and_specials(p: Mapping[str, Any]) -> list:
     try:
-        check_vocab_size(p["vocab_size"], check_special_tokens(p["special_tokens"]))
+        specials = check_special_tokens(p["special_tokens"])
     except ModulmError as exc:
-        return [str(exc)]
+        return [problem(str(exc), key="special_tokens")]
+    try:
+        check_vocab_size(p["vocab_size"], specials)
+    except ModulmError as exc:
+        return [problem(str(exc), key="vocab_size")]
     return []
 
 
