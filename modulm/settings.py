@@ -17,6 +17,7 @@ from modulm.kinds import nested
 
 
 def _accumulation_divides_batch(p: Mapping[str, Any]) -> list:
+    """batch_size is divisible by grad_accum_steps."""
     if p["batch_size"] % p["grad_accum_steps"]:
         return [problem(f"{p['batch_size']} is not divisible by training.grad_accum_steps ({p['grad_accum_steps']}): "
                         "each optimizer step splits the batch into equal micro-batches", key="batch_size")]
@@ -80,12 +81,14 @@ DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 def _device_names_a_device(p: Mapping[str, Any]) -> list:
+    """device is auto, cpu, cuda, cuda:N or mps."""
     if not DEVICE_NAME.fullmatch(str(p["device"])):
         return [problem(f"{p['device']!r} is not a device (use auto, cpu, cuda, cuda:N or mps)", key="device")]
     return []
 
 
 def _float16_needs_a_gpu(p: Mapping[str, Any]) -> list:
+    """dtype float16 needs a CUDA or MPS device (autocast has no float16 on the CPU)."""
     if p["dtype"] != "float16" or _device_names_a_device(p):
         return []
     device = str(p["device"])
@@ -146,24 +149,28 @@ class GenerationSettings:
     top_p: Annotated[float, Interval(gt=0, le=1)] = 0.95
 
 
-def _schedule_fits_run(top: Mapping[str, Any]) -> list:
-    """Recipe-level rules across tables: warm-up vs the run's length, the schedule's floor vs the peak lr."""
-    found = []
-    schedule = getattr(top.get("schedule"), "params", {})
-    optimizer = getattr(top.get("optimizer"), "params", {})
-    training = top.get("training")
-    warmup, iterations = schedule.get("warmup_iters"), getattr(training, "max_iterations", None)
+def _warmup_ends_within_run(top: Mapping[str, Any]) -> list:
+    """warning: schedule.warmup_iters >= training.max_iterations (the peak lr is never reached)."""
+    warmup = getattr(top.get("schedule"), "params", {}).get("warmup_iters")
+    iterations = getattr(top.get("training"), "max_iterations", None)
     if isinstance(warmup, int) and isinstance(iterations, int) and warmup >= iterations:
-        found.append(warning(f"{warmup} >= training.max_iterations ({iterations}): the run ends before the "
-                             "learning rate reaches its peak", key="schedule.warmup_iters"))
-    min_lr, lr = schedule.get("min_lr"), optimizer.get("lr")
+        return [warning(f"{warmup} >= training.max_iterations ({iterations}): the run ends before the "
+                        "learning rate reaches its peak", key="schedule.warmup_iters")]
+    return []
+
+
+def _floor_below_peak_lr(top: Mapping[str, Any]) -> list:
+    """schedule.min_lr is at most optimizer.lr."""
+    min_lr = getattr(top.get("schedule"), "params", {}).get("min_lr")
+    lr = getattr(top.get("optimizer"), "params", {}).get("lr")
     if isinstance(min_lr, (int, float)) and isinstance(lr, (int, float)) and min_lr > lr:
-        found.append(problem(f"{min_lr} exceeds the optimizer's peak lr ({lr}): the schedule decays from lr down to min_lr",
-                             key="schedule.min_lr"))
-    return found
+        return [problem(f"{min_lr} exceeds the optimizer's peak lr ({lr}): the schedule decays from lr down to min_lr",
+                        key="schedule.min_lr")]
+    return []
 
 
-@checks(_schedule_fits_run)
+# Recipe-level rules: they need values from several tables.
+@checks(_warmup_ends_within_run, _floor_below_peak_lr)
 def recipe_schema(
     data: nested("data"),
     model: nested("model") = "transformer",

@@ -27,6 +27,8 @@ def test_plugins_lists_every_kind_and_builtin(capsys):
     for plugin in ("transformer", "optim", "bpe", "data", "loggers"):
         assert f"  {plugin:<14} modulm 0.1.0" in out
     assert "  adamw  [optim]  " in out and "lr: float (> 0) = 0.0003" in out and "(injected: params)" in out
+    assert "      (rule: d_model is divisible by num_heads; with RoPE the head width d_model / num_heads is even.)" in out
+    assert "  [training]\n      batch_size: int (>= 1) = 32" in out and "(rule: schedule.min_lr is at most optimizer.lr.)" in out
 
 
 def test_validate_reports_both_problems_with_file_path_and_hint(tmp_path, capsys):

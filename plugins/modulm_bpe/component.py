@@ -17,6 +17,7 @@ from modulm_bpe.train import check_vocab_size, train_bpe
 
 
 def _vocab_holds_bytes_and_specials(p: Mapping[str, Any]) -> list:
+    """special_tokens are distinct non-empty strings; vocab_size >= 256 + their number."""
     try:
         specials = check_special_tokens(p["special_tokens"])
     except ModulmError as exc:

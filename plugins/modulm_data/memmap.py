@@ -142,7 +142,12 @@ def vocab_fits_dtype(p: Mapping[str, Any], vocab_size: Any) -> list:
     return []
 
 
-@checks(lambda p: vocab_fits_dtype(p, p["vocab_size"]))
+def _vocab_fits_memmap_dtype(p: Mapping[str, Any]) -> list:
+    """an explicit dtype holds every id below vocab_size."""
+    return vocab_fits_dtype(p, p["vocab_size"])
+
+
+@checks(_vocab_fits_memmap_dtype)
 class MemmapSource(TokenSource):
     """Token files (.npy, or raw .bin with an explicit dtype), memory-mapped and sampled uniformly.
 

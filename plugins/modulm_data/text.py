@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal, Mapping
 
 from annotated_types import Ge, Interval, MinLen
 
@@ -99,7 +99,12 @@ def _decompressed(path: Path, work: Path) -> Path:
     return target
 
 
-@checks(lambda p: vocab_fits_dtype(p, getattr(p["tokenizer"], "params", {}).get("vocab_size")))
+def _vocab_fits_text_dtype(p: Mapping[str, Any]) -> list:
+    """an explicit dtype holds every id below the tokenizer's vocab_size."""
+    return vocab_fits_dtype(p, getattr(p["tokenizer"], "params", {}).get("vocab_size"))
+
+
+@checks(_vocab_fits_text_dtype)
 class TextSource(TokenSource):
     """Raw text files (plain or .xz) tokenized once into cached token files, then sampled like memmap.
 

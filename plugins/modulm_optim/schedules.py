@@ -76,6 +76,7 @@ class CosineWarmup:
 
 
 def _cycle_after_warmup(p: Mapping[str, Any]) -> list:
+    """warning: cosine_cycle_iters <= warmup_iters (no cosine decay at all)."""
     cycle, warmup = p["cosine_cycle_iters"], p["warmup_iters"]
     if cycle is not None and cycle <= warmup:
         return [warning(f"{cycle} <= warmup_iters ({warmup}): the learning rate drops to min_lr right after warm-up, "

@@ -85,7 +85,7 @@ class TransformerLM(nn.Module):
 
 
 def _heads_split_d_model(p: Mapping[str, Any]) -> list:
-    """d_model splits into num_heads equal heads; RoPE rotates pairs, so their width must be even."""
+    """d_model is divisible by num_heads; with RoPE the head width d_model / num_heads is even."""
     d_model, heads = p["d_model"], p["num_heads"]
     if d_model % heads:
         return [problem(f"{d_model} is not divisible by model.num_heads ({heads}): each head gets d_model / num_heads features",
