@@ -49,7 +49,11 @@ def constraints_of(annotation: Any) -> tuple[at.BaseMetadata, ...]:
     elif origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             found.extend(constraints_of(arg))
-    return tuple(dict.fromkeys(found))
+    unique: list[at.BaseMetadata] = []
+    for marker in found:  # markers need not be hashable
+        if not any(marker == seen for seen in unique):
+            unique.append(marker)
+    return tuple(unique)
 
 
 def unenforced(constraints: Iterable[at.BaseMetadata]) -> list[at.BaseMetadata]:
