@@ -59,13 +59,12 @@ def read_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], map_location:
     (a path only), for a cheap look at a large file.
     """
     name = str(src) if isinstance(src, (str, os.PathLike)) else "checkpoint stream"
-    if isinstance(src, (str, os.PathLike)):
-        _sniff(Path(src))
+    zipped = _sniff(Path(src)) if isinstance(src, (str, os.PathLike)) else False
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             state = torch.load(src, map_location=map_location, weights_only=True,
-                               mmap=mmap and isinstance(src, (str, os.PathLike)))
+                               mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         what = f"it would import {found.group(1)}" if found else "it is not only tensors and plain data"
@@ -89,8 +88,10 @@ def read_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], map_location:
     return state
 
 
-def _sniff(path: Path) -> None:
-    """Name what ``path`` is when it cannot be a torch checkpoint, before torch tries to read it."""
+def _sniff(path: Path) -> bool:
+    """Name what ``path`` is when it cannot be a torch checkpoint, before torch tries to read it.
+
+    Returns whether it is in torch's zip format (the one that can be memory-mapped)."""
     if not path.exists():
         raise ModulmError(f"{path}: checkpoint not found")
     if path.is_dir():
@@ -112,9 +113,9 @@ def _sniff(path: Path) -> None:
                               "was the file cut short or its save interrupted?)") from None
         if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
             raise ModulmError(f"{path}: a zip archive but not a torch checkpoint")
-        return
+        return True
     if head[:1] == b"\x80":  # a pickle: torch's legacy format or a plain pickle; torch.load decides
-        return
+        return False
     if len(head) >= 9 and head[8:9] == b"{" and b'"dtype"' in head:
         raise ModulmError(f"{path}: a safetensors file (weights only), not a modulm checkpoint; "
                           "pass a checkpoint_*.pt or final_checkpoint.pt from a run directory")

@@ -70,8 +70,9 @@ def holds_a_run(run_dir: Path) -> bool:
 def check_writable(value: str, key: str = "checkpointing.checkpoint_dir") -> Path:
     """``value`` as a directory this process can create and write in, or a one-line error.
 
-    Probes with a temporary file that is removed at once, in the directory itself or, when it does
-    not exist yet, in its nearest existing parent (where it would be created): nothing is left.
+    An existing directory is asked (``os.access``: permissions and read-only file systems); for one
+    that does not exist yet, its nearest existing parent is probed with a temporary file removed at
+    once (where it would be created): nothing is left.
     """
     if not str(value).strip():
         raise ModulmError(f"{key}: is empty; name a directory for the run, e.g. runs/my-run")
@@ -85,13 +86,17 @@ def check_writable(value: str, key: str = "checkpointing.checkpoint_dir") -> Pat
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         raise ModulmError(f"{key}: {path} cannot be created: {parent} is a file, not a directory")
+    if parent == path:  # an existing directory: ask, so that not even its modification time changes
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ModulmError(f"{key}: cannot write {path}: permission denied or a read-only file system")
+        return path
     try:
         fd, probe = tempfile.mkstemp(prefix=".modulm-probe-", dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        where = "" if parent == path else f" (in {parent}, where it would be created)"
-        raise ModulmError(f"{key}: cannot write {path}{where}: {exc.strerror or exc}") from None
+        raise ModulmError(f"{key}: cannot write {path} (in {parent}, where it would be created): "
+                          f"{exc.strerror or exc}") from None
     return path
 
 

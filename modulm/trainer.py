@@ -100,8 +100,6 @@ class Trainer:
         resume (its tensors and recipe), the components' needs. Returns the checkpoint resumed and
         whether the run is already complete (then nothing is written at all).
         """
-        if hasattr(self.data, "validate"):  # before the run directory exists: bad data writes nothing
-            self.data.validate(self.context_length)
         preflight.check_components({"loggers": self.a.logger_builders})
         plan = self.dist.on_main(lambda: rundir.plan(self.ckpt))
         self.run_dir, resume_path = plan.run_dir, plan.resume
@@ -115,6 +113,8 @@ class Trainer:
             self._resume(state, resume_path)
             if self.iteration >= self.training.max_iterations:
                 return resume_path, True
+        if hasattr(self.data, "validate"):  # the last check: a source may cache its scans once it passes
+            self.data.validate(self.context_length)
         self.dist.on_main(lambda: self._prepare_run_dir(plan))
         if self.dist.is_main:
             self.loggers = [build(run_dir=self.run_dir) for build in self.a.logger_builders]

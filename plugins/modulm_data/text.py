@@ -23,7 +23,6 @@ from typing import Any, Iterator, Literal
 
 from modulm import nested
 from modulm.errors import ModulmError
-from modulm_data.checks import check_ids
 from modulm_data.documents import check_text_file, read_blocks, split_documents
 from modulm_data.memmap import TokenSource
 from modulm_data.prepare import CHUNK_CHARS, default_workers, encode_files
@@ -155,8 +154,7 @@ class TextSource(TokenSource):
             tok = type(tok).load(self.entry / "tokenizer")
         files = {split: self.entry / f"{split}.npy" for split in self.meta["tokens"]}
         super().__init__(files, int(tok.vocab_size), seed, tok)
-        for split in self.splits:
-            check_ids(self.files[split], self.tokens(split), self.vocab_size)
+        self._check_ids()
 
     # -- preparation ------------------------------------------------------------------------
     def _cache_key(self, tok: Any, tok_settings: dict) -> str:
