@@ -49,12 +49,21 @@ _UNSET = object()
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys and values; None is left out (TOML has no null) and tuples compare as lists."""
     for key, value in table.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
             yield from _flatten(value, dotted + ".")
-        else:
-            yield dotted, value
+        elif value is not None:
+            yield dotted, _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def recipe_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[Change]:
