@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,20 +86,40 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
+def atomic_directory(path: str | os.PathLike, fill: Any) -> None:
+    """Call ``fill(tmpdir)`` on a temporary directory beside ``path``, then rename it to ``path``
+    (which must not exist): a crash leaves no half-filled ``path``, only a temporary directory
+    that :func:`remove_stale_temp_files` removes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~umask())
+        fill(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def is_temp_file(name: str) -> bool:
     """Whether ``name`` is a temporary file :func:`atomic_write` makes."""
     return bool(_TEMP_NAME.match(name))
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory``; return them.
+    """Delete the temporary files (and directories) an interrupted :func:`atomic_write` or
+    :func:`atomic_directory` left in ``directory``; return them.
 
     Call it only where no other process is writing into ``directory``.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if is_temp_file(p.name) and p.is_file()]
+    stale = [p for p in directory.iterdir() if is_temp_file(p.name)]
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return stale

@@ -30,7 +30,7 @@ from modulm import distributed, preflight, rundir
 from modulm.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from modulm.errors import ModulmError
 from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
-from modulm.fileio import atomic_write_text
+from modulm.fileio import atomic_directory, atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy
 from modulm.runtime import autocast, grad_scaler, resolve_device
@@ -134,7 +134,7 @@ class Trainer:
         self._write(recipe, lambda: atomic_write_text(recipe, dumps(self.a.resolved)))
         tokenizer = getattr(self.data, "tokenizer", None)
         if tokenizer is not None and hasattr(tokenizer, "save") and not (run_dir / rundir.TOKENIZER).exists():
-            self._write(run_dir / rundir.TOKENIZER, lambda: tokenizer.save(run_dir / rundir.TOKENIZER))
+            self._write(run_dir / rundir.TOKENIZER, lambda: atomic_directory(run_dir / rundir.TOKENIZER, tokenizer.save))
 
     @staticmethod
     def _write(path: Path, write: Any, what: str = "write") -> None:

@@ -131,6 +131,8 @@ def test_a_temp_file_left_by_a_killed_save_is_removed_at_the_next_start(tmp_path
     stale = [run / ".checkpoint_4.pt.k1ll3d9x.tmp", run / ".final_checkpoint.pt.abcdefgh.tmp"]
     for path in stale:
         path.write_bytes(b"PK\x03\x04 half")
+    (run / ".tokenizer.abcdefgh.tmp").mkdir()  # a tokenizer save killed half-way
+    (run / ".tokenizer.abcdefgh.tmp" / "vocab.json").write_text("{")
     Trainer(assemble(recipe)).run(stop_at=3)
     assert _temp_files(run) == []
     stale[0].write_bytes(b"half")
