@@ -148,8 +148,11 @@ class Preflight:
     complete: bool = False
 
 
-def complete_message(run_dir: Path, iteration: int, max_iterations: int) -> str:
-    return (f"run {run_dir} is complete ({iteration} of training.max_iterations = {max_iterations}); nothing to do. "
+def complete_message(run_dir: Path, iteration: int, max_iterations: int, resume: Path | None = None) -> str:
+    """What ``modulm run`` says when the checkpoint it would resume already reached the end."""
+    what = f"run {run_dir} is complete" if resume is None or Path(resume).parent == Path(run_dir) \
+        else f"checkpoint {resume} already reached the end"
+    return (f"{what} ({iteration} of training.max_iterations = {max_iterations}); nothing to do. "
             f"Extend it with training.max_iterations=N, or start afresh with --overwrite")
 
 

@@ -270,7 +270,7 @@ class Trainer:
         if complete:  # nothing is evaluated, written or logged again
             result.complete = True
             if self.dist.is_main:
-                print(preflight.complete_message(self.run_dir, self.iteration, self.training.max_iterations))
+                print(preflight.complete_message(self.run_dir, self.iteration, self.training.max_iterations, resume_path))
             return result
         self._log(event="start", lines=self._start_lines(resume_path), step=self.iteration)
         last_stop = self.training.max_iterations if stop_at is None else min(stop_at, self.training.max_iterations)

@@ -147,7 +147,7 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     (["--frobnicate"], ("unknown option --frobnicate", "modulm run --help")),
     (["stray"], ("override 'stray': expected KEY.PATH=VALUE",)),
     (["--overwrite", "stray"], ("unexpected argument 'stray'", "KEY=VALUE")),
-    (["--nproc", "0"], ("--nproc: must be >= 1",)),
+    (["--nproc", "0"], ("--nproc must be >= 1",)),
     (["--nproc", "two"], ("invalid int value: 'two'",)),
     (["--resume"], ("--resume: expected one argument",)),
 ])

@@ -35,7 +35,7 @@ def run(args) -> int:
     from modulm import preflight
 
     if args.nproc < 1:
-        raise ModulmError(f"--nproc: must be >= 1 (the number of processes), got {args.nproc}")
+        raise ModulmError(f"--nproc must be >= 1 (the number of processes), got {args.nproc}")
     overrides = list(args.overrides)
     if args.overwrite:
         overrides.append("checkpointing.overwrite=true")
@@ -47,7 +47,7 @@ def run(args) -> int:
     checked = preflight.before_build(recipe, pm.registry)
     if checked.complete:
         max_iterations = validate(recipe, pm.registry)["training"].max_iterations
-        print(preflight.complete_message(checked.plan.run_dir, checked.iteration, max_iterations))
+        print(preflight.complete_message(checked.plan.run_dir, checked.iteration, max_iterations, checked.plan.resume))
         return 0
     if args.nproc > 1:
         return launch(args)
