@@ -113,7 +113,8 @@ def plan(settings: CheckpointSettings) -> RunPlan:
                 raise ModulmError(f"checkpointing.{key}: {path} is a run directory without a checkpoint")
             path = latest
         elif not path.is_file():
-            what = "is a directory, not a checkpoint file" if path.is_dir() else "not found"
+            what = ("is a directory, not a checkpoint file" if path.is_dir() else
+                    "is not a regular file" if path.exists() else "not found")
             raise ModulmError(f"checkpointing.{key}: checkpoint {path} {what}")
         clear = settings.overwrite and path.resolve().parent != run_dir.resolve()
         return RunPlan(run_dir, path, clear=clear)
