@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modulm.checkpoint import check_model_state, read_checkpoint
 from modulm.errors import ModulmError
@@ -152,3 +154,27 @@ def test_info_reports_a_checkpoint_through_the_reader(capsys, trained_run):
     code, out, err = cli(capsys, "info", run / "final_checkpoint.pt")
     assert code == 0, err
     assert "vocab_size 64" in out
+
+
+@given(cut=st.integers(min_value=0, max_value=10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), max_size=3))
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_damage_to_a_checkpoint_is_a_one_line_error_or_a_load(tmp_path_factory, cut, flips):
+    """Cut short anywhere and with bytes flipped anywhere, a checkpoint either still loads or gives
+    one line naming the file: never another exception, never a traceback."""
+    root = tmp_path_factory.mktemp("damage")
+    good = root / "good.pt"
+    torch.save({"format": 1, "model": {"w": torch.arange(64.0)}, "iteration": 5, "meta": {"loss": 1.0}}, good)
+    data = bytearray(good.read_bytes())
+    data = data[: cut % (len(data) + 1)]
+    for where, xor in flips:
+        if data:
+            data[where % len(data)] ^= xor
+    damaged = root / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    for mmap in (False, True):
+        try:
+            state = read_checkpoint(damaged, mmap=mmap)
+        except ModulmError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(str(damaged))
+        else:
+            assert isinstance(state, dict) and "model" in state
