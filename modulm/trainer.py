@@ -14,6 +14,7 @@ the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 import signal
@@ -325,13 +326,22 @@ class Trainer:
                                           f"({self.tokens_seen:,} tokens)", *self._next_steps()], step=self.iteration)
             return result
         except ModulmError as exc:  # divergence, a failing save: in training.log too, not only on stderr
-            self._log(event="error", level="ERROR", text=str(exc))
+            self._log_error(str(exc))
             raise
+        except OSError as exc:  # a log or metrics file on a full or failing disk
+            message = f"{exc.filename or self.run_dir}: cannot write: {exc.strerror or exc}"
+            self._log_error(message)
+            raise ModulmError(message) from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             for logger in self.loggers:
-                logger.close()
+                with contextlib.suppress(OSError):  # a full disk was reported above
+                    logger.close()
+
+    def _log_error(self, text: str) -> None:
+        with contextlib.suppress(OSError):  # the log itself may be what cannot be written
+            self._log(event="error", level="ERROR", text=text)
 
     def _next_steps(self) -> list[str]:
         """Where the run's outputs are and the commands that use them."""

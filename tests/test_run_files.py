@@ -234,3 +234,16 @@ def test_a_signal_saves_and_exits_128_plus_its_number(tmp_path, sig, status):
     assert proc.returncode == status, err
     assert f"received {sig.name}; saved checkpoint_" in out
     assert list((tmp_path / "run").glob("checkpoint_*.pt"))
+
+
+def test_a_log_file_on_a_failing_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import modulm_loggers
+
+    def broken(self, event):
+        if event.get("event") == "train" and event["step"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(modulm_loggers.JsonlLogger, "log", broken)
+    code, _, err = cli(capsys, "run", write_recipe(tmp_path, tiny_recipe(tmp_path)))
+    assert code == 2
+    one_error_line(err, f"{tmp_path / 'run'}: cannot write: No space left on device")
