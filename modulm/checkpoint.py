@@ -3,7 +3,10 @@
 :func:`save_checkpoint` / :func:`load_checkpoint` are the training guide's two functions (model,
 optimizer, iteration, plus any extra plain data). A *run* checkpoint, written by the trainer, also
 carries the data sampler, every RNG, the best validation loss, the resolved recipe and metadata,
-so that resuming continues the run exactly.
+so that resuming continues the run exactly. Its ``meta.loss`` is always the training loss of the
+last optimizer step before the save (mean over micro-batches and ranks), never a validation loss.
+
+:func:`read_checkpoint` is the one reader every command uses; a bad file is a one-line error.
 """
 
 from __future__ import annotations
