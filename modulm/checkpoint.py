@@ -46,6 +46,9 @@ def save_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, it
 
 def read_checkpoint(src: str | os.PathLike | BinaryIO | IO[bytes], map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint's dictionary with ``torch.load(weights_only=True)`` (no code runs)."""
+    if isinstance(src, (str, os.PathLike)) and Path(src).is_dir():
+        raise ModulmError(f"{src}: a sharded (fsdp) checkpoint directory; write it as one file with "
+                          f"`modulm checkpoint consolidate {src} OUT.pt`")
     try:
         state = torch.load(src, map_location=map_location, weights_only=True)
     except FileNotFoundError:

@@ -2,7 +2,9 @@
 
 A run directory (``checkpointing.checkpoint_dir``) holds ``checkpoint_{iter}.pt``,
 ``best_model.pt``, ``final_checkpoint.pt``, ``training.log``, ``metrics.jsonl``, ``recipe.toml``
-(the resolved recipe) and ``tokenizer/``. Starting a run in a directory that already holds one
+(the resolved recipe) and ``tokenizer/``; under ``distributed.strategy = "fsdp"`` the periodic
+and best checkpoints are sharded directories ``checkpoint_{iter}/`` and ``best_model/``
+(:mod:`modulm.sharded_checkpoint`), counted only once their save finished. Starting a run in a directory that already holds one
 either resumes it or fails, unless ``overwrite`` is set.
 """
 
@@ -15,19 +17,34 @@ from pathlib import Path
 from modulm.errors import ModulmError
 from modulm.settings import CheckpointSettings
 
-PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
+PERIODIC = re.compile(r"^checkpoint_(\d+)(\.pt)?$")  # a file, or a sharded directory without .pt
 FINAL = "final_checkpoint.pt"
 BEST = "best_model.pt"
 RECIPE = "recipe.toml"
 TOKENIZER = "tokenizer"
 OWNED = ("training.log", "metrics.jsonl", RECIPE, BEST, FINAL)
+BEST_SHARDED = "best_model"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a sharded checkpoint directory whose save finished."""
+    from modulm.sharded_checkpoint import is_complete
+
+    return path.is_file() or is_complete(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def periodic_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``checkpoint_{iter}.pt`` files, oldest first."""
+    """``checkpoint_{iter}.pt`` files and complete ``checkpoint_{iter}/`` directories, oldest first."""
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := PERIODIC.match(p.name))]
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := PERIODIC.match(p.name)) and is_checkpoint(p)]
     return sorted(found)
 
 
@@ -44,7 +61,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def holds_a_run(run_dir: Path) -> bool:
-    return bool(periodic_checkpoints(run_dir)) or any((run_dir / name).exists() for name in OWNED)
+    return bool(periodic_checkpoints(run_dir)) or any((run_dir / name).exists() for name in (*OWNED, BEST_SHARDED))
 
 
 def prepare(settings: CheckpointSettings) -> tuple[Path, Path | None]:
@@ -55,7 +72,7 @@ def prepare(settings: CheckpointSettings) -> tuple[Path, Path | None]:
     explicit = settings.resume_from or (settings.resume if settings.resume not in ("auto", True, False) else None)
     if explicit:
         path = Path(explicit)
-        if not path.is_file():
+        if not is_checkpoint(path):
             key = "resume_from" if settings.resume_from else "resume"
             raise ModulmError(f"checkpointing.{key}: checkpoint {path} not found")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,10 +96,11 @@ def clear(run_dir: Path) -> None:
     """Delete what a previous run wrote (and only that) from ``run_dir``."""
     if not run_dir.is_dir():
         return
-    for _, path in periodic_checkpoints(run_dir):
-        path.unlink()
-    for name in OWNED:
-        (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.iterdir():
+        if PERIODIC.match(path.name):  # incomplete sharded directories too
+            _remove(path)
+    for name in (*OWNED, BEST_SHARDED):
+        _remove(run_dir / name)
     shutil.rmtree(run_dir / TOKENIZER, ignore_errors=True)
 
 
@@ -91,4 +109,4 @@ def prune(run_dir: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     for _, path in periodic_checkpoints(run_dir)[:-keep_last]:
-        path.unlink(missing_ok=True)
+        _remove(path)

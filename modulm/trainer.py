@@ -25,13 +25,14 @@ import torch
 
 import modulm
 from modulm import distributed, rundir
-from modulm.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from modulm.checkpoint import rng_state, set_rng_state, unwrap
 from modulm.errors import ModulmError
 from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
 from modulm.fileio import atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy
 from modulm.runtime import autocast, grad_scaler, resolve_device
+from modulm.strategy import strategy
 from modulm.tomlwrite import dumps
 
 
@@ -60,8 +61,8 @@ class Trainer:
         self.dist = distributed.setup(getattr(assembly, "distributed", None), self.system.device)
         self.device = distributed.device_for(resolve_device(self.system.device), self.dist)
         self.model = unwrap(assembly.model).to(self.device)
-        self.ddp = self.dist.wrap(self.model)  # None in a single process
-        trained = self.model if self.ddp is None else self.ddp
+        self.strategy = strategy(getattr(assembly, "distributed", None), self.system)  # ddp or fsdp
+        trained = self.strategy.wrap(self.model)
         self.forward = torch.compile(trained) if self.system.compile else trained
         self.optimizer, self.schedule = assembly.optimizer, assembly.schedule
         self.data = self.dist.shard_data(assembly.data)
@@ -89,7 +90,7 @@ class Trainer:
             self.data.validate(self.context_length)
         run_dir, resume_path = self.dist.on_main(self._prepare_run_dir)
         self.run_dir = run_dir
-        if self.dist.enabled and resume_path is not None and not resume_path.is_file():
+        if self.dist.enabled and resume_path is not None and not resume_path.exists():
             raise ModulmError(f"rank {self.dist.rank} cannot read {resume_path}: a multi-node run needs "
                               "checkpointing.checkpoint_dir on a filesystem every node shares")
         if self.dist.is_main:
@@ -111,8 +112,9 @@ class Trainer:
         lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
                  f"Using device: {self.device} | dtype: {self.system.dtype} | compile: {self.system.compile}"]
         if self.dist.enabled:
-            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), DistributedDataParallel; "
+            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), {self.strategy.describe()}; "
                          "rank 0 writes the run directory")
+        lines.append(self.strategy.memory(self.model, self.optimizer).line(self.strategy.name, self.dist.world_size))
         lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
         per_step = (f"{self.training.batch_size} sequences" if not self.dist.enabled else
                     f"{self.training.batch_size} sequences per process x {self.dist.world_size} processes")
@@ -126,16 +128,15 @@ class Trainer:
         return lines
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _save(self, path: Path, loss: float | None = None) -> None:
-        """Rank 0 writes; under torchrun every rank calls this (its sampler and RNG states are gathered)."""
+    def _save(self, path: Path, loss: float | None = None) -> Path:
+        """Under torchrun every rank calls this (its sampler and RNG states are gathered); the strategy
+        writes ``path`` (rank 0) or a sharded directory in its place (every rank), and returns it."""
         per_rank = {}
         if self.dist.enabled:
             data_states, rngs = zip(*self.dist.gather((self.data.state_dict(), rng_state())))
             per_rank = {"distributed": {"world_size": self.dist.world_size, "data": list(data_states), "rng": list(rngs)}}
-        if not self.dist.is_main:
-            return
-        save_checkpoint(
-            self.model, self.optimizer, self.iteration, path, **per_rank,
+        return self.strategy.save(
+            path, self.model, self.optimizer, self.iteration, **per_rank,
             data=self.data.state_dict(), rng=rng_state(), scaler=self.scaler.state_dict(),
             best_val_loss=self.best_val_loss, recipe=self.a.resolved,
             meta={"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
@@ -144,9 +145,7 @@ class Trainer:
         )
 
     def _resume(self, path: Path) -> None:
-        state = read_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = self.strategy.load(path, self.model, self.optimizer)
         self.iteration = int(state["iteration"])
         if "data" in state:
             self.data.load_state_dict(self.dist.own_state(state, "data"))
@@ -166,7 +165,7 @@ class Trainer:
         batch = self.micro_batch * self.dist.world_size  # the windows one process would see; each rank takes its rows
         windows = (full_windows(tokens, batch, self.context_length) if full else
                    sampled_windows(tokens, self.logging.eval_iters, batch, self.context_length))
-        result = evaluate(self.forward, self.dist.shard_rows(windows), self.device, self._autocast,
+        result = evaluate(self.forward, self.dist.shard_rows(windows, keep_empty=self.strategy.collective_forward), self.device, self._autocast,
                           self.data.bytes_per_token("val"))
         result = self.dist.reduce_eval(result)
         self._log(event="eval", step=self.iteration, val_loss=result.loss, val_perplexity=result.perplexity,
@@ -186,7 +185,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro_step in range(self.training.grad_accum_steps):
             inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
-            with self.dist.no_sync(self.ddp, last_micro_step=micro_step == self.training.grad_accum_steps - 1):
+            with self.strategy.no_sync(last_micro_step=micro_step == self.training.grad_accum_steps - 1):
                 with self._autocast():
                     logits = self.forward(inputs)
                 loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
@@ -252,15 +251,16 @@ class Trainer:
             stopped = self._stop_requested()
             if stopped or self.iteration < self.training.max_iterations:
                 result.interrupted = stopped
-                self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
+                saved = self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
                 signal_name = self._stop_signal or "a stop signal on another rank"
                 why = f"received {signal_name}" if stopped else f"stopped at iteration {self.iteration}"
-                self._log(event="message", text=f"{why}; saved checkpoint_{self.iteration}.pt; run the same "
+                self._log(event="message", text=f"{why}; saved {saved.name}; run the same "
                           "command again to resume")
                 return result
             self._save(self.run_dir / rundir.FINAL, result.train_losses.get(self.iteration - 1))
             result.final_eval = self._evaluate(full=self.logging.final_eval == "full")
-            result.sample = self._sample() if self.dist.is_main else ""
+            # under fsdp every forward gathers parameters, so every rank decodes (the same tokens)
+            result.sample = self._sample() if self.dist.is_main or self.strategy.collective_forward else ""
             self._log(event="end", lines=[f"Training complete: {self.iteration} iterations in {self.elapsed:.1f}s "
                                           f"({self.tokens_seen:,} tokens)"], step=self.iteration)
             return result

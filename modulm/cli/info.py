@@ -2,7 +2,9 @@
 
 The model is built on PyTorch's meta device (no memory is allocated, so any size works). Models
 that offer ``accounting_text(batch_size, dtype)`` (the built-in transformer does) report FLOPs per
-part and memory; others report parameter counts.
+part and memory; others report parameter counts. Every model gets a line of training-state memory
+per process (parameters + gradients + optimizer state) for the recipe's ``distributed.strategy``
+at ``--nproc`` processes: ddp holds all of it on each, fsdp about 1/N.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("info", help="parameter counts, FLOPs and memory of a recipe's model")
     add_recipe_arguments(p)
     p.add_argument("--vocab-size", type=int, help="vocabulary size (default: read from the recipe's data table)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes to report the per-process memory for (default 1)")
     p.set_defaults(func=run)
 
 
@@ -34,6 +38,10 @@ def run(args) -> int:
 
     from modulm.assemble import resolved_recipe
     from modulm.recipe import load_recipe, validate
+    from modulm.strategy import memory_per_process, optimizer_bytes_per_element
+
+    if args.nproc < 1:
+        raise ModulmError(f"--nproc must be >= 1, got {args.nproc}")
 
     pm = plugin_manager(args)
     bound = validate(load_recipe(args.recipe, args.overrides), pm.registry)
@@ -50,4 +58,9 @@ def run(args) -> int:
     else:
         total = sum(p.numel() for p in model.parameters())
         print(f"parameters: {total:,}")
+    with torch.device("meta"):
+        optimizer = bound["optimizer"](params=list(model.named_parameters()))
+    name = bound["distributed"].strategy if args.nproc > 1 else "single process"
+    memory = memory_per_process(model, optimizer_bytes_per_element(optimizer), name == "fsdp", args.nproc)
+    print(memory.line(name, args.nproc))
     return 0
