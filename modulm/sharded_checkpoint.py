@@ -87,13 +87,14 @@ def consolidate(path: Path) -> dict[str, Any]:
     No model is built: DCP's metadata says what the directory holds. The optimizer state comes
     back in ``torch.optim.Optimizer.state_dict`` form (parameters numbered in group order).
     """
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner  # what format_utils uses
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
     trainer_state = read_trainer_state(path)
-    states: dict[str, Any] = {}
-    dcp.load(states, storage_reader=dcp.FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(),
-             no_dist=True)
+    with tempfile.TemporaryDirectory() as tmp:  # DCP's public way to read a directory without a model
+        dcp_to_torch_save(path, Path(tmp) / "states.pt")
+        states = torch.load(Path(tmp) / "states.pt", map_location="cpu", weights_only=True)
     return {**trainer_state, "model": states["model"], "optimizer": indexed_optimizer_state(states["optimizer"])}
 
 
