@@ -175,6 +175,7 @@ class Sharded(Replicated):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self._model: torch.nn.Module | None = None
+        self.mixed_precision = self.dtype == "bfloat16" and bf16_native(self.device)
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move ``model`` to this rank's device and shard it in place (its parameters become
@@ -185,7 +186,7 @@ class Sharded(Replicated):
         model = unwrap(model).to(self.device)
         mesh = init_device_mesh(self.device.type, (self.ctx.world_size,))
         precision = MixedPrecisionPolicy()
-        if self.dtype == "bfloat16" and bf16_native(self.device):  # compute in bf16, reduce gradients in fp32
+        if self.mixed_precision:  # compute in bf16, reduce gradients in fp32 (emulated bf16 would be slow)
             precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         options = {"mesh": mesh, "reshard_after_forward": self.settings.reshard_after_forward, "mp_policy": precision}
         for block in getattr(model, "layers", ()):
@@ -209,7 +210,8 @@ class Sharded(Replicated):
 
     def describe(self) -> str:
         reshard = "on" if self.settings.reshard_after_forward else "off"
-        return f"FSDP2 (fully_shard per block and at the root, reshard_after_forward {reshard})"
+        precision = ", bfloat16 compute with float32 gradient reduction" if self.mixed_precision else ""
+        return f"FSDP2 (fully_shard per block and at the root, reshard_after_forward {reshard}{precision})"
 
     def save(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
              **extra: Any) -> Path:

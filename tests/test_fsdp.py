@@ -22,6 +22,7 @@ from modulm import rundir, sharded_checkpoint
 from modulm.assemble import assemble
 from modulm.checkpoint import read_checkpoint
 from modulm.cli import main
+from modulm.strategy import bf16_native
 from modulm.trainer import Trainer
 from test_distributed import (ENV, events, free_port, launch_two, losses, stall_one_rank, tiny_recipe, wait_for_training,
                               worker_pids, write_recipe)
@@ -100,6 +101,14 @@ def test_optimizer_state_keys_round_trip_between_numbers_and_names(sizes, seed):
     assert back["param_groups"] == indexed["param_groups"]
     assert back["state"].keys() == indexed["state"].keys()
     assert all(torch.equal(back["state"][i]["momentum_buffer"], s["momentum_buffer"]) for i, s in indexed["state"].items())
+
+
+def test_bf16_counts_as_native_only_on_cpus_that_compute_it():
+    probe = "import torch; from modulm.strategy import bf16_native; print(bf16_native(torch.device('cpu')))"
+    avx2 = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=avx2).stdout.strip() == "False"
+    native = torch.backends.cpu.get_cpu_capability() == "AVX512" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert bf16_native(torch.device("cpu")) == native
 
 
 def test_info_reports_memory_per_process_that_fsdp_divides(tmp_path, capsys):
@@ -202,7 +211,8 @@ def test_consolidated_weights_load_in_generate(runs, capsys):
 @pytest.mark.distributed
 def test_a_rank_killed_during_a_sharded_save_resumes_from_the_last_complete_checkpoint(tmp_path):
     recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, "run", 4, **{**FSDP, "checkpointing__checkpoint_interval": 4,
-                                                                       "logging__eval_interval": 0}), "r")
+                                                                       "logging__eval_interval": 0,
+                                                                       "system__dtype": "bfloat16"}), "r")
     partial = tmp_path / "run" / "checkpoint_8"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                str(HERE / "fsdp_stall_save.py"), "run", str(recipe)]
@@ -222,6 +232,8 @@ def test_a_rank_killed_during_a_sharded_save_resumes_from_the_last_complete_chec
     assert rundir.latest_checkpoint(tmp_path / "run") == tmp_path / "run" / "checkpoint_4"
     done = launch(recipe, 2)
     assert f"Resuming from {tmp_path / 'run' / 'checkpoint_4'} at iteration 4" in done.stdout
+    mixed = "bfloat16 compute with float32 gradient reduction" in done.stdout
+    assert mixed == bf16_native(torch.device("cpu"))  # the policy only where bf16 is not emulated
     assert (tmp_path / "run" / "final_checkpoint.pt").is_file() and sharded_checkpoint.is_complete(partial)
 
 
