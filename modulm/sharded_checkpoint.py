@@ -67,18 +67,31 @@ def read_trainer_state(path: Path) -> dict[str, Any]:
     return torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def read_for_resume(path: Path) -> dict[str, Any]:
+    """The trainer state plus ``model``: a meta tensor of each saved parameter's (global) shape, read
+    from DCP's metadata, so that a resume can check the shapes before loading anything."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    state = read_trainer_state(path)
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    state["model"] = {key.removeprefix("model."): torch.empty(entry.size, device="meta")
+                      for key, entry in saved.items()
+                      if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
+    return state
+
+
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Restore ``model`` and ``optimizer`` (sharded or whole, any world size) from ``path``; every
-    rank calls this. Returns the trainer state."""
+    rank calls this."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    trainer_state = read_trainer_state(path)
+    read_trainer_state(path)  # a complete checkpoint, or one line saying why not
     states = _states(model, optimizer)
     dcp.load(states, checkpoint_id=str(path))
     set_model_state_dict(model, states["model"])
     set_optimizer_state_dict(model, optimizer, states["optimizer"])
-    return trainer_state
 
 
 def consolidate(path: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The trainer holds one strategy object and calls the same hooks whatever it is, with no branch of
 its own: :meth:`~Replicated.prepare` (before the optimizer is built: :func:`modulm.assemble.assemble`
 calls it), :meth:`~Replicated.wrap`, :meth:`~Replicated.no_sync`, :meth:`~Replicated.save`,
-:meth:`~Replicated.load` and :meth:`~Replicated.memory`.
+:meth:`~Replicated.read` / :meth:`~Replicated.restore` and :meth:`~Replicated.memory`.
 
 * :class:`Replicated` (``ddp``, and every single-process run): each process holds the whole model
   (DistributedDataParallel under torchrun); rank 0 writes single-file checkpoints.
@@ -151,14 +151,22 @@ class Replicated:
             save_checkpoint(model, optimizer, iteration, path, **extra)
         return path
 
-    def load(self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Restore ``model`` and ``optimizer`` from a checkpoint file or a sharded checkpoint
-        directory; returns the rest of its state (iteration, data, rng, ...)."""
+    def read(self, path: Path) -> dict[str, Any]:
+        """The checkpoint at ``path`` as every rank reads it before resuming: a file whole (on this
+        rank's device); for a sharded directory its trainer state, with ``model`` holding meta
+        tensors of the saved shapes (enough to check them against the model)."""
         if path.is_dir():
-            return sharded_checkpoint.load(path, unwrap(model), optimizer)
-        state = read_checkpoint(path, map_location=self.device)
-        self._load_whole(state, model, optimizer)
-        return state
+            return sharded_checkpoint.read_for_resume(path)
+        return read_checkpoint(path, map_location=self.device)
+
+    def restore(self, state: dict[str, Any], path: Path, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer) -> None:
+        """Load ``model`` and ``optimizer`` from ``state`` (:meth:`read` of ``path``): the shards of a
+        sharded directory through DCP (any world size), or a whole file's state dicts."""
+        if path.is_dir():
+            sharded_checkpoint.load(path, unwrap(model), optimizer)
+        else:
+            self._load_whole(state, model, optimizer)
 
     def _load_whole(self, state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         unwrap(model).load_state_dict(state["model"])

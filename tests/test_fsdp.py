@@ -75,9 +75,12 @@ def test_an_incomplete_sharded_directory_is_never_the_latest_checkpoint(tmp_path
 
 
 def test_single_file_readers_point_a_sharded_directory_at_consolidate(tmp_path, capsys):
+    sharded = tmp_path / "checkpoint_5"
+    sharded.mkdir()
+    (sharded / sharded_checkpoint.METADATA).write_bytes(b"")
     with pytest.raises(Exception, match="sharded .* directory.*modulm checkpoint consolidate"):
-        read_checkpoint(tmp_path)
-    assert main(["checkpoint", "consolidate", str(tmp_path), str(tmp_path / "out.pt")]) == 2
+        read_checkpoint(sharded)
+    assert main(["checkpoint", "consolidate", str(sharded), str(tmp_path / "out.pt")]) == 2  # no trainer state
     assert "not a complete sharded checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
 
