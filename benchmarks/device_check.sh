@@ -69,7 +69,7 @@ step 150 "$PY" -m pytest -q -rs -m cuda tests/test_cuda.py
 
 section "2. training step: modulm against the plain-PyTorch reference, same run"
 if [[ $DRY -eq 1 ]]; then
-    step 120 "$PY" benchmarks/bench_train_step.py --device cpu --configs tiny --variants ref,fp32,bf16 \
+    step 240 "$PY" benchmarks/bench_train_step.py --device cpu --configs tiny --variants ref,fp32,bf16 \
         --steps 1 --warmup 1 --batch-size 2
 else
     step 240 "$PY" benchmarks/bench_train_step.py --device cuda --configs small,gpt2 \
@@ -78,7 +78,7 @@ fi
 
 section "3. generation with and without the KV cache"
 if [[ $DRY -eq 1 ]]; then
-    step 60 "$PY" benchmarks/bench_generate.py --device cpu --context-length 64 --new-tokens 4 --repeats 1
+    step 180 "$PY" benchmarks/bench_generate.py --device cpu --context-length 64 --new-tokens 4 --repeats 1
 else
     step 90 "$PY" benchmarks/bench_generate.py --device cuda --context-length 1040 --new-tokens 1024 --repeats 1
 fi
