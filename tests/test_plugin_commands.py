@@ -10,7 +10,7 @@ import torch
 from modulm.assemble import builder
 from modulm.cli import main
 from modulm_bpe import Tokenizer
-from tests.bpe_support import corpus_slice
+from tests.test_bpe_cli import corpus, saved  # noqa: F401 (fixtures)
 
 EOT = "<|endoftext|>"
 
@@ -33,13 +33,6 @@ def test_tokenizer_and_data_come_and_go_with_their_plugins(capsys):
     assert done.value.code == 2 and "invalid choice: 'tokenizer'" in capsys.readouterr().err
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(corpus_slice("tinystories_v2_train_head2M.txt", 30_000), encoding="utf-8")
-    return path
-
-
 def test_tokenizer_train_reads_xz_like_plain_text(corpus, tmp_path, capsys):
     packed = tmp_path / "corpus.txt.xz"
     packed.write_bytes(lzma.compress(corpus.read_bytes()))
@@ -59,13 +52,10 @@ def test_tokenizer_train_names_a_missing_input_before_writing(corpus, tmp_path, 
     assert not (tmp_path / "tok").exists()
 
 
-def test_encode_takes_its_options_before_or_after_the_text(corpus, tmp_path, capsys):
-    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "300", "--special-token", EOT,
-                 "--out", str(tmp_path / "tok"), "--no-progress"]) == 0
-    capsys.readouterr()
+def test_encode_takes_its_options_before_or_after_the_text(saved, capsys):
     outputs = []
     for argv in (["tok", "the cat", "--tokens"], ["tok", "--tokens", "the cat"], ["--tokens", "tok", "the cat"]):
-        argv = [str(tmp_path / a) if a == "tok" else a for a in argv]
+        argv = [str(saved) if a == "tok" else a for a in argv]
         assert main(["tokenizer", "encode", *argv]) == 0
         outputs.append(capsys.readouterr().out)
     assert outputs[0] == outputs[1] == outputs[2] and "\t" in outputs[0]
