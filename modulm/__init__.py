@@ -6,6 +6,7 @@ The public API (reference: docs/python-api.md), imported on first use so that ``
 * ``modulm.load_plugins(...)`` -> a plugin manager whose ``.registry`` holds every component;
 * ``modulm.builder(registry, kind, spec)`` validates one component table and binds it;
   ``modulm.create(registry, kind, spec, **injected)`` builds it at once;
+* ``modulm.checks(rule)``, ``modulm.problem``, ``modulm.warning``: cross-field rules of a component;
 * ``modulm.assemble(recipe, registry=None, overrides=())`` builds a whole recipe (path or dict);
 * ``modulm.Trainer(assembly).run()`` trains it;
 * ``modulm.generate(model, tokenizer, prompt, ...)`` streams a completion;
@@ -16,6 +17,7 @@ The public API (reference: docs/python-api.md), imported on first use so that ``
 """
 
 from modulm.assemble import assemble, builder, create  # binds the functions over the submodule's name
+from modulm.constraints import checks, problem, warning
 from modulm.errors import ModulmError, RecipeError
 from modulm.hookspecs import hookimpl
 from modulm.kinds import KINDS, nested
@@ -34,7 +36,7 @@ _LAZY = {
                                               "cross_entropy", "perplexity", "clip_gradients")},
 }
 
-__all__ = ["KINDS", "ModulmError", "RecipeError", "__version__", "assemble", "builder", "create", "hookimpl",
-           "nested", *_LAZY]
+__all__ = ["KINDS", "ModulmError", "RecipeError", "__version__", "assemble", "builder", "checks", "create",
+           "hookimpl", "nested", "problem", "warning", *_LAZY]
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

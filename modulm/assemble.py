@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -112,6 +114,9 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     else:
         recipe = load_recipe(recipe, overrides)
     bound = validate(recipe, registry)
+    if os.environ.get("RANK", "0") == "0":  # once per job, not once per process
+        for line in recipe.warnings:
+            print(f"modulm: warning: {line}", file=sys.stderr)
     settings = {key: bound[key] for key in ("training", "checkpointing", "logging", "system", "distributed", "generation")}
     # Under torchrun: join the process group now, so that rank 0 alone builds any data cache first.
     ranks = distributed.setup(settings["distributed"], settings["system"].device)

@@ -37,7 +37,7 @@ def test_listed_by_modulm_plugins_with_its_distribution(installed):
     assert result.returncode == 0, result.stderr
     assert "modulm-example-plugin 0.1.0" in result.stdout
     assert "example-geglu  [example]  GeGLU feed-forward network" in result.stdout
-    assert "hidden_multiple: int = 64" in result.stdout
+    assert "hidden_multiple: int (>= 1) = 64" in result.stdout
 
 
 def test_selected_from_a_recipe_and_blocked_with_p_no(installed, tmp_path):

@@ -8,6 +8,9 @@ recipe parameters, builds small CPU instances with the injected arguments of its
     from modulm.testing import check_ffn
     check_ffn(MyFFN, {"hidden_multiple": 32})      # or check_ffn("my-ffn", registry=...)
 
+``check_declared_ranges(kind, component, config=None)`` checks, for any kind, that validation
+refuses values outside the ranges a component declares and accepts its defaults.
+
 :mod:`modulm.testing.strategies` holds hypothesis strategies (needs the ``testing`` extra) and
 :mod:`modulm.testing.pytest_plugin` the fixtures ``modulm_pm``, ``register_plugin`` and
 ``run_recipe``. The checks are imported on first use, so importing this package stays cheap.
@@ -32,6 +35,7 @@ _CHECKS = {
     "check_logger": "misc_checks",
     "check_tokenizer": "misc_checks",
     "check_exporter": "export_checks",
+    "check_declared_ranges": "schema_checks",
 }
 
 #: The check for each kind, by kind name (``CHECK_FOR_KIND["ffn"] == "check_ffn"``).

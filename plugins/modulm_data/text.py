@@ -19,14 +19,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal, Mapping
+
+from annotated_types import Ge, Interval, MinLen
 
 from modulm import nested
+from modulm.constraints import checks
 from modulm.errors import ModulmError
 from modulm.fileio import plain_copy
 from modulm_data.checks import check_ids
 from modulm_data.documents import check_text_file, split_documents
-from modulm_data.memmap import TokenSource
+from modulm_data.memmap import TokenSource, vocab_fits_dtype
 from modulm_data.prepare import CHUNK_CHARS, default_workers, encode_files
 from modulm_data.tokenfile import TOKEN_DTYPES, make_readable, storage_dtype, write_json_atomic
 from modulm_data.tokenizers import fingerprint
@@ -86,6 +89,12 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _vocab_fits_text_dtype(p: Mapping[str, Any]) -> list:
+    """an explicit dtype holds every id below the tokenizer's vocab_size."""
+    return vocab_fits_dtype(p, getattr(p["tokenizer"], "params", {}).get("vocab_size"))
+
+
+@checks(_vocab_fits_text_dtype)
 class TextSource(TokenSource):
     """Raw text files (plain or .xz) tokenized once into cached token files, then sampled like memmap.
 
@@ -100,13 +109,13 @@ class TextSource(TokenSource):
 
     def __init__(
         self,
-        train: str | list[str],
-        val: str | list[str] | None = None,
-        val_fraction: float = 0.1,
+        train: Annotated[str | list[str], MinLen(1)],
+        val: Annotated[str | list[str], MinLen(1)] | None = None,
+        val_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.1,
         tokenizer: nested("tokenizer") = "bpe",
-        document_separator: str = "<|endoftext|>",
+        document_separator: Annotated[str, MinLen(1)] = "<|endoftext|>",
         dtype: Literal["auto", "uint16", "uint32", "int32", "int64"] = "auto",
-        workers: int | None = None,
+        workers: Annotated[int, Ge(1)] | None = None,
         *,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,

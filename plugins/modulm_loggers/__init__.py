@@ -6,7 +6,9 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from annotated_types import MinLen
 
 from modulm import hookimpl
 from modulm.lazy import lazy_attributes
@@ -43,7 +45,7 @@ class FileLogger:
     filename: file name inside the run directory
     """
 
-    def __init__(self, filename: str = "training.log", *, run_dir: Path):
+    def __init__(self, filename: Annotated[str, MinLen(1)] = "training.log", *, run_dir: Path):
         self.path = Path(run_dir) / filename
         self._file = self.path.open("a", encoding="utf-8")
 
@@ -73,7 +75,7 @@ class JsonlLogger:
 
     EVENTS = ("train", "eval")
 
-    def __init__(self, filename: str = "metrics.jsonl", *, run_dir: Path):
+    def __init__(self, filename: Annotated[str, MinLen(1)] = "metrics.jsonl", *, run_dir: Path):
         self.path = Path(run_dir) / filename
         self._file = self.path.open("a", encoding="utf-8")
 

@@ -8,8 +8,9 @@ injected by the parent component (see ``modulm.kinds.INJECTED``). The modules th
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
+from annotated_types import Gt
 from torch import nn
 
 from modulm_transformer.attention import CausalSelfAttention
@@ -74,7 +75,7 @@ def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
 
 
 # -- norms ------------------------------------------------------------------------------------
-def rmsnorm(eps: float = 1e-5, *, d_model: int) -> RMSNorm:
+def rmsnorm(eps: Annotated[float, Gt(0)] = 1e-5, *, d_model: int) -> RMSNorm:
     """RMSNorm with a learned gain, computed in float32.
 
     eps: added to the mean square before the square root
