@@ -5,7 +5,7 @@ Per table: unknown keys, missing values, types, choices, declared ranges
 (:mod:`modulm.constraints`); then, once the table and its nested tables are clean, the
 cross-field rules its factory declares (errors, or warnings collected apart).
 Binding returns the checked values ready to build: component tables become
-:class:`~modulm.assemble.ComponentBuilder` objects, settings tables dataclass instances.
+:class:`~modulm.builders.ComponentBuilder` objects, settings tables dataclass instances.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from modulm.builders import ComponentBuilder
 from modulm.constraints import run_rules, violation
 from modulm.schema import Param, Schema, schema_of
 
@@ -156,8 +157,6 @@ def _bind_settings(ctx, registry, cls: type, table: Mapping[str, Any], path: tup
 
 
 def _bind_component(ctx, registry: "Registry", kind: str, spec: Any, path: tuple, default_name: str | None) -> Any:
-    from modulm.assemble import ComponentBuilder
-
     if isinstance(spec, str):
         spec = {"component": spec}
     if not isinstance(spec, Mapping):

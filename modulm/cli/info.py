@@ -1,4 +1,6 @@
-"""``modulm info RECIPE``: parameter counts, FLOPs and memory of the recipe's model, without training.
+"""``modulm info RECIPE|CHECKPOINT``: parameter counts, FLOPs and memory of a model, without training.
+
+A checkpoint (``.pt``) is read with the one checkpoint reader and its stored recipe reported.
 
 The model is built on PyTorch's meta device (no memory is allocated, so any size works). Models
 that offer ``accounting_text(batch_size, dtype)`` (the built-in transformer does) report FLOPs per
@@ -6,6 +8,8 @@ part and memory; others report parameter counts.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from modulm.cli._common import add_recipe_arguments, plugin_manager
 from modulm.errors import ModulmError
@@ -18,26 +22,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def recipe_vocab_size(resolved: dict) -> int | None:
-    """The vocabulary size a recipe implies without building its data: data.vocab_size or data.tokenizer.vocab_size."""
-    data = resolved.get("data", {})
-    tokenizer = data.get("tokenizer")
-    if isinstance(data.get("vocab_size"), int):
-        return data["vocab_size"]
-    if isinstance(tokenizer, dict) and isinstance(tokenizer.get("vocab_size"), int):
-        return tokenizer["vocab_size"]
-    return None
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def _recipe_and_vocab(args):
+    """The recipe to report on, and the vocabulary size a checkpoint stored (None for a TOML recipe)."""
+    from modulm.recipe import load_recipe, recipe_from_dict
+
+    if Path(args.recipe).suffix not in CHECKPOINT_SUFFIXES:
+        return load_recipe(args.recipe, args.overrides), None
+    from modulm.checkpoint import read_checkpoint, run_model_spec
+
+    resolved, vocab_size = run_model_spec(read_checkpoint(args.recipe, mmap=True), args.recipe)
+    return recipe_from_dict(resolved, args.overrides), vocab_size
 
 
 def run(args) -> int:
     import torch
 
     from modulm.assemble import resolved_recipe
-    from modulm.recipe import load_recipe, validate
+    from modulm.preflight import recipe_vocab_size
+    from modulm.recipe import validate
 
     pm = plugin_manager(args)
-    bound = validate(load_recipe(args.recipe, args.overrides), pm.registry)
-    vocab_size = args.vocab_size or recipe_vocab_size(resolved_recipe(bound))
+    recipe, stored_vocab = _recipe_and_vocab(args)
+    bound = validate(recipe, pm.registry)
+    vocab_size = args.vocab_size or stored_vocab or recipe_vocab_size(resolved_recipe(bound))
     if vocab_size is None:
         raise ModulmError(f"{args.recipe}: cannot tell the vocabulary size from the data table; pass --vocab-size N")
     with torch.device("meta"):

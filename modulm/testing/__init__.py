@@ -18,8 +18,9 @@ refuses values outside the ranges a component declares and accepts its defaults.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from modulm.lazy import lazy_attributes
 
 _CHECKS = {
     "check_ffn": "model_checks",
@@ -47,10 +48,7 @@ CHECK_FOR_KIND = {
 __all__ = sorted(_CHECKS) + ["CHECK_FOR_KIND", "check_component"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _CHECKS:
-        return getattr(importlib.import_module(f"modulm.testing.{_CHECKS[name]}"), name)
-    raise AttributeError(f"module 'modulm.testing' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {name: f"modulm.testing.{home}" for name, home in _CHECKS.items()})
 
 
 def check_component(kind: str, component: Any, config: Any = None, **options: Any) -> None:

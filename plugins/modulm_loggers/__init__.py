@@ -11,11 +11,15 @@ from typing import Annotated, Any, Literal, Mapping
 from annotated_types import MinLen
 
 from modulm import hookimpl
+from modulm.lazy import lazy_attributes
 from modulm_loggers.format import event_text, stamped
+
+__all__ = ["ConsoleLogger", "FileLogger", "JsonlLogger", "TensorBoardLogger", "WandbLogger"]
+__getattr__ = lazy_attributes(__name__, {"TensorBoardLogger": "modulm_loggers.trackers", "WandbLogger": "modulm_loggers.trackers"})
 
 
 class ConsoleLogger:
-    """Print the training guide's log lines to the terminal.
+    """Print the training guide's log lines to the terminal (not ``error`` events: the CLI prints those).
 
     timestamps: prefix each line with the time and level, as the training guide shows
     stream: "stdout" or "stderr"
@@ -26,6 +30,8 @@ class ConsoleLogger:
         self.stream = stream
 
     def log(self, event: Mapping[str, Any]) -> None:
+        if event.get("event") == "error":  # the command line prints errors itself, on stderr
+            return
         out = sys.stdout if self.stream == "stdout" else sys.stderr
         level = str(event.get("level", "INFO"))
         for line in event_text(event):
@@ -91,6 +97,5 @@ def modulm_register_components(registry):
     registry.logger("console", ConsoleLogger)
     registry.logger("file", FileLogger)
     registry.logger("jsonl", JsonlLogger)
-    from modulm_loggers.trackers import TensorBoardLogger, WandbLogger
-    registry.logger("wandb", WandbLogger)
-    registry.logger("tensorboard", TensorBoardLogger)
+    registry.logger("wandb", "modulm_loggers.trackers:WandbLogger")
+    registry.logger("tensorboard", "modulm_loggers.trackers:TensorBoardLogger")

@@ -7,6 +7,7 @@ injected by the parent component (see ``modulm.kinds.INJECTED``). The modules th
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Callable, Literal
 
 from annotated_types import Gt
@@ -58,9 +59,19 @@ def swiglu(*, d_model: int, d_ff: int | None = None) -> SwiGLU:
     return SwiGLU(d_model, d_ff)
 
 
-def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
+def silu_ffn(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
     """Ungated SiLU feed-forward W2(SiLU(W1 x)); d_ff None -> 4 d_model (CS336 ablation)."""
     return SiLUFFN(d_model, d_ff)
+
+
+def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
+    """Deprecated alias of :func:`silu_ffn`, removed in the next release.
+
+    Renamed because ``silu`` is also the activation :func:`modulm.functional.silu`.
+    """
+    warnings.warn("modulm_transformer.components.silu is deprecated: use silu_ffn (the feed-forward factory; "
+                  "modulm.functional.silu is the activation)", DeprecationWarning, stacklevel=2)
+    return silu_ffn(d_model=d_model, d_ff=d_ff)
 
 
 # -- norms ------------------------------------------------------------------------------------

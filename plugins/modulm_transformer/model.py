@@ -7,7 +7,6 @@ nested part as a builder, which this class calls with the sizes it knows.
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any, Mapping
 
 import torch
@@ -15,6 +14,7 @@ from annotated_types import Ge, Gt
 from torch import Tensor, nn
 
 from modulm import nested
+from modulm.builders import bind
 from modulm.constraints import checks, problem
 from modulm_transformer import components
 from modulm_transformer.accounting import format_accounting, model_accounting
@@ -29,6 +29,11 @@ class TransformerLM(nn.Module):
     arguments of their kind); ``None`` picks the CS336 default. ``position`` also receives
     ``theta=rope_theta``. With ``tie_embeddings`` the LM head and the token embedding share one
     matrix (initialised as the LM head).
+
+    ``TransformerLM(vocab_size, context_length=512, d_model=512, num_layers=6, num_heads=8,
+    d_ff=2048, rope_theta=10000.0, tie_embeddings=False, *, block=None, attention=None, ffn=None,
+    norm=None, position=None)``: int64 ids ``(..., T)`` with ``T <= context_length`` ->
+    logits ``(..., T, vocab_size)``.
     """
 
     def __init__(self, vocab_size: int, context_length: int = 512, d_model: int = 512, num_layers: int = 6,
@@ -43,7 +48,7 @@ class TransformerLM(nn.Module):
         self.token_embeddings = Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(
             block(d_model=d_model, num_heads=num_heads, d_ff=d_ff, context_length=context_length,
-                  attention=attention, ffn=ffn, norm=norm, position=functools.partial(position, theta=rope_theta))
+                  attention=attention, ffn=ffn, norm=norm, position=bind(position, theta=rope_theta))
             for _ in range(num_layers)
         )
         self.ln_final = norm(d_model=d_model)
