@@ -51,6 +51,7 @@ def _entries() -> list[tuple[tuple[str, ...], str | None, object]]:
     for component in REGISTRY.components():
         for param in component.schema.params:
             if param.constraints:
+                assert component.kind in SLOTS, f"kind {component.kind!r} declares ranges: give it a place in SLOTS"
                 out.append((SLOTS[component.kind], component.name, param))
     for top in schema_of(recipe_schema).params:
         if top.settings is not None:

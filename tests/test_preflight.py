@@ -29,7 +29,7 @@ def _refused(tmp_path, capsys, recipe, *args, fragments=()):
 
 def test_an_empty_checkpoint_dir_is_refused(tmp_path, capsys):
     _refused(tmp_path, capsys, tiny_recipe(tmp_path, checkpointing={"checkpoint_dir": ""}),
-             fragments=("checkpointing.checkpoint_dir: is empty",))
+             fragments=("checkpointing.checkpoint_dir: '' is out of range: must be non-empty",))  # the declared range
 
 
 def test_a_checkpoint_dir_under_a_file_is_refused(tmp_path, capsys):
