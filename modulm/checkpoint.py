@@ -98,6 +98,9 @@ def _sniff(path: Path) -> bool:
     if not path.exists():
         raise ModulmError(f"{path}: checkpoint not found")
     if path.is_dir():
+        if (path / ".metadata").is_file():  # see modulm.sharded_checkpoint
+            raise ModulmError(f"{path}: a sharded (fsdp) checkpoint directory; write it as one file with "
+                              f"`modulm checkpoint consolidate {path} OUT.pt`")
         hint = f"; did you mean {path / 'final_checkpoint.pt'}?" if (path / "final_checkpoint.pt").is_file() else ""
         raise ModulmError(f"{path}: is a directory, not a checkpoint file{hint}")
     try:

@@ -88,6 +88,8 @@ class Model(Protocol):
     only on tokens ``<= t`` (causal), and batch elements are independent. Attributes
     ``vocab_size`` and ``context_length`` are set. Parameters are created on the CPU in float32;
     the trainer moves the model. ``state_dict()`` holds only learnable weights (no derived buffers).
+    Optional: ``layers``, an ``nn.ModuleList`` of the repeated blocks; ``distributed.strategy =
+    "fsdp"`` shards each of them as a unit (without it the model is sharded as one unit).
     Injected: ``vocab_size``.
     """
 

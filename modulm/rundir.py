@@ -3,7 +3,9 @@
 A run directory (``checkpointing.checkpoint_dir``) holds ``checkpoint_{iter}.pt``,
 ``best_model.pt``, ``final_checkpoint.pt``, ``training.log``, ``metrics.jsonl``, ``recipe.toml``
 (the resolved recipe of its newest checkpoints; ``recipe.{N}.toml`` keeps the one used up to
-iteration N when a resume changed it) and ``tokenizer/``.
+iteration N when a resume changed it) and ``tokenizer/``. Under ``distributed.strategy = "fsdp"``
+the periodic and best checkpoints are sharded directories ``checkpoint_{iter}/`` and
+``best_model/`` (:mod:`modulm.sharded_checkpoint`), counted only once their save finished.
 
 :func:`plan` decides, writing nothing, what a start means: afresh, resuming which checkpoint, or a
 one-line refusal; :func:`prepare` then carries the plan out. Starting where a run already is either
@@ -24,13 +26,28 @@ from modulm.errors import ModulmError
 from modulm.fileio import remove_stale_temp_files
 from modulm.settings import CheckpointSettings
 
-PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
+PERIODIC = re.compile(r"^checkpoint_(\d+)(\.pt)?$")  # a file, or a sharded directory without .pt
 RECIPE_HISTORY = re.compile(r"^recipe\.(\d+)\.toml$")
 FINAL = "final_checkpoint.pt"
 BEST = "best_model.pt"
 RECIPE = "recipe.toml"
 TOKENIZER = "tokenizer"
 OWNED = ("training.log", "metrics.jsonl", RECIPE, BEST, FINAL)
+BEST_SHARDED = "best_model"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A checkpoint file, or a sharded checkpoint directory whose save finished."""
+    from modulm.sharded_checkpoint import is_complete
+
+    return path.is_file() or is_complete(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -44,10 +61,10 @@ class RunPlan:
 
 
 def periodic_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``checkpoint_{iter}.pt`` files, oldest first."""
+    """``checkpoint_{iter}.pt`` files and complete ``checkpoint_{iter}/`` directories, oldest first."""
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := PERIODIC.match(p.name))]
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := PERIODIC.match(p.name)) and is_checkpoint(p)]
     return sorted(found)
 
 
@@ -64,7 +81,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def holds_a_run(run_dir: Path) -> bool:
-    return bool(periodic_checkpoints(run_dir)) or any((run_dir / name).exists() for name in OWNED)
+    return bool(periodic_checkpoints(run_dir)) or any((run_dir / name).exists() for name in (*OWNED, BEST_SHARDED))
 
 
 def check_writable(value: str, key: str = "checkpointing.checkpoint_dir") -> Path:
@@ -107,12 +124,12 @@ def plan(settings: CheckpointSettings) -> RunPlan:
     if explicit:
         key = "resume_from" if settings.resume_from else "resume"
         path = Path(explicit).expanduser()
-        if path.is_dir() and holds_a_run(path):
+        if path.is_dir() and not is_checkpoint(path) and holds_a_run(path):
             latest = latest_checkpoint(path)
             if latest is None:
                 raise ModulmError(f"checkpointing.{key}: {path} is a run directory without a checkpoint")
             path = latest
-        elif not path.is_file():
+        elif not is_checkpoint(path):  # a file, or a complete sharded directory
             what = ("is a directory, not a checkpoint file" if path.is_dir() else
                     "is not a regular file" if path.exists() else "not found")
             raise ModulmError(f"checkpointing.{key}: checkpoint {path} {what}")
@@ -157,10 +174,11 @@ def clear(run_dir: Path) -> None:
     """Delete what a previous run wrote (and only that) from ``run_dir``."""
     if not run_dir.is_dir():
         return
-    for _, path in periodic_checkpoints(run_dir):
-        path.unlink()
-    for name in OWNED:
-        (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.iterdir():
+        if PERIODIC.match(path.name):  # incomplete sharded directories too
+            _remove(path)
+    for name in (*OWNED, BEST_SHARDED):
+        _remove(run_dir / name)
     for path in run_dir.iterdir():
         if RECIPE_HISTORY.match(path.name):
             path.unlink()
@@ -172,4 +190,4 @@ def prune(run_dir: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     for _, path in periodic_checkpoints(run_dir)[:-keep_last]:
-        path.unlink(missing_ok=True)
+        _remove(path)

@@ -28,13 +28,14 @@ import torch
 
 import modulm
 from modulm import distributed, preflight, rundir
-from modulm.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from modulm.checkpoint import rng_state, set_rng_state, unwrap
 from modulm.errors import ModulmError
 from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
 from modulm.fileio import atomic_directory, atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy
 from modulm.runtime import autocast, grad_scaler, resolve_device
+from modulm.strategy import strategy
 from modulm.tomlwrite import dumps
 
 if sys.version_info >= (3, 11):
@@ -70,8 +71,8 @@ class Trainer:
         self.dist = distributed.setup(getattr(assembly, "distributed", None), self.system.device)
         self.device = distributed.device_for(resolve_device(self.system.device), self.dist)
         self.model = unwrap(assembly.model).to(self.device)
-        self.ddp = self.dist.wrap(self.model)  # None in a single process
-        trained = self.model if self.ddp is None else self.ddp
+        self.strategy = strategy(getattr(assembly, "distributed", None), self.system)  # ddp or fsdp
+        trained = self.strategy.wrap(self.model)
         self.forward = torch.compile(trained) if self.system.compile else trained
         self.optimizer, self.schedule = assembly.optimizer, assembly.schedule
         self.data = self.dist.shard_data(assembly.data)
@@ -106,10 +107,10 @@ class Trainer:
         self.run_dir, resume_path = plan.run_dir, plan.resume
         self._notes = [plan.note] if plan.note else []
         if resume_path is not None:
-            if self.dist.enabled and not resume_path.is_file():
+            if self.dist.enabled and not resume_path.exists():
                 raise ModulmError(f"rank {self.dist.rank} cannot read {resume_path}: a multi-node run needs "
                                   "checkpointing.checkpoint_dir on a filesystem every node shares")
-            state = read_checkpoint(resume_path, map_location=self.device)
+            state = self.strategy.read(resume_path)
             self._notes += preflight.check_resume(state, resume_path, self.model, self.a.resolved)
             self._resume(state, resume_path)
             if self.iteration >= self.training.max_iterations:
@@ -152,8 +153,9 @@ class Trainer:
         lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
                  f"Using device: {self.device} | dtype: {self.system.dtype} | compile: {self.system.compile}"]
         if self.dist.enabled:
-            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), DistributedDataParallel; "
+            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), {self.strategy.describe()}; "
                          "rank 0 writes the run directory")
+        lines.append(self.strategy.memory(self.model, self.optimizer).line(self.strategy.name, self.dist.world_size))
         lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
         per_step = (f"{self.training.batch_size} sequences" if not self.dist.enabled else
                     f"{self.training.batch_size} sequences per process x {self.dist.world_size} processes")
@@ -168,8 +170,9 @@ class Trainer:
         return lines
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _save(self, path: Path, loss: float | None = None) -> None:
-        """Rank 0 writes; under torchrun every rank calls this (its sampler and RNG states are gathered).
+    def _save(self, path: Path, loss: float | None = None) -> Path:
+        """Under torchrun every rank calls this (its sampler and RNG states are gathered); the strategy
+        writes ``path`` (rank 0) or a sharded directory in its place (every rank), and returns it.
 
         ``meta.loss`` is always the training loss of the last optimizer step before the save (the mean
         over its micro-batches and ranks; None before the first step of this process): ``loss`` when
@@ -182,15 +185,15 @@ class Trainer:
         if self.dist.enabled:
             data_states, rngs = zip(*self.dist.gather((self.data.state_dict(), rng_state())))
             per_rank = {"distributed": {"world_size": self.dist.world_size, "data": list(data_states), "rng": list(rngs)}}
-        if not self.dist.is_main:
-            return
         meta = {"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
                 "tokens_seen": self.tokens_seen, "vocab_size": int(self.model.vocab_size),
                 "modulm": modulm.__version__, "torch": str(torch.__version__), "saved_at": time.time()}
-        self._write(path, lambda: save_checkpoint(
-            self.model, self.optimizer, self.iteration, path, **per_rank,
+        saved: list[Path] = []
+        self._write(path, lambda: saved.append(self.strategy.save(
+            path, self.model, self.optimizer, self.iteration, **per_rank,
             data=self.data.state_dict(), rng=rng_state(), scaler=self.scaler.state_dict(),
-            best_val_loss=self.best_val_loss, recipe=self.a.resolved, meta=meta), "save the checkpoint")
+            best_val_loss=self.best_val_loss, recipe=self.a.resolved, meta=meta)), "save the checkpoint")
+        return saved[0]
 
     def _last_loss(self) -> float | None:
         result = getattr(self, "_result", None)
@@ -198,9 +201,8 @@ class Trainer:
 
     def _resume(self, state: dict[str, Any], path: Path) -> None:
         """Restore every stateful part from a checkpoint already read (and its shapes checked)."""
-        self.model.load_state_dict(state["model"])
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.strategy.restore(state, path, self.model, self.optimizer)
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise ModulmError(f"{path}: its optimizer state does not fit this recipe's optimizer ({exc}); "
                               "resume with the optimizer it was trained with, or start afresh (--overwrite)") from None
@@ -223,7 +225,7 @@ class Trainer:
         batch = self.micro_batch * self.dist.world_size  # the windows one process would see; each rank takes its rows
         windows = (full_windows(tokens, batch, self.context_length) if full else
                    sampled_windows(tokens, self.logging.eval_iters, batch, self.context_length))
-        result = evaluate(self.forward, self.dist.shard_rows(windows), self.device, self._autocast,
+        result = evaluate(self.forward, self.dist.shard_rows(windows, keep_empty=self.strategy.collective_forward), self.device, self._autocast,
                           self.data.bytes_per_token("val"))
         result = self.dist.reduce_eval(result)
         self._log(event="eval", step=self.iteration, val_loss=result.loss, val_perplexity=result.perplexity,
@@ -243,7 +245,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro_step in range(self.training.grad_accum_steps):
             inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
-            with self.dist.no_sync(self.ddp, last_micro_step=micro_step == self.training.grad_accum_steps - 1):
+            with self.strategy.no_sync(last_micro_step=micro_step == self.training.grad_accum_steps - 1):
                 with self._autocast():
                     logits = self.forward(inputs)
                 loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
@@ -313,15 +315,16 @@ class Trainer:
             if stopped or self.iteration < self.training.max_iterations:
                 result.interrupted = stopped
                 result.stop_signal = self._stop_signal or ("SIGTERM" if stopped else None)
-                self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
+                saved = self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
                 signal_name = self._stop_signal or "a stop signal on another rank"
                 why = f"received {signal_name}" if stopped else f"stopped at iteration {self.iteration}"
-                self._log(event="message", text=f"{why}; saved checkpoint_{self.iteration}.pt; run the same "
+                self._log(event="message", text=f"{why}; saved {saved.name}; run the same "
                           "command again to resume")
                 return result
             self._save(self.run_dir / rundir.FINAL, result.train_losses.get(self.iteration - 1))
             result.final_eval = self._evaluate(full=self.logging.final_eval == "full")
-            result.sample = self._sample() if self.dist.is_main else ""
+            # under fsdp every forward gathers parameters, so every rank decodes (the same tokens)
+            result.sample = self._sample() if self.dist.is_main or self.strategy.collective_forward else ""
             self._log(event="end", lines=[f"Training complete: {self.iteration} iterations in {self.elapsed:.1f}s "
                                           f"({self.tokens_seen:,} tokens)", *self._next_steps()], step=self.iteration)
             return result

@@ -29,7 +29,7 @@ def _refused(tmp_path, capsys, recipe, *args, fragments=()):
 
 def test_an_empty_checkpoint_dir_is_refused(tmp_path, capsys):
     _refused(tmp_path, capsys, tiny_recipe(tmp_path, checkpointing={"checkpoint_dir": ""}),
-             fragments=("checkpointing.checkpoint_dir: '' is out of range: must be non-empty",))  # the declared range
+             fragments=("checkpointing.checkpoint_dir", "empty"))  # the declared range or preflight
 
 
 def test_a_checkpoint_dir_under_a_file_is_refused(tmp_path, capsys):
@@ -146,7 +146,7 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     (["--max_iters", "5"], ("write training.max_iterations=5",)),
     (["--frobnicate"], ("unknown option --frobnicate", "modulm run --help")),
     (["stray"], ("override 'stray': expected KEY.PATH=VALUE",)),
-    (["--overwrite", "stray"], ("unexpected argument 'stray'", "KEY=VALUE")),
+    (["--overwrite", "stray"], ("override 'stray': expected KEY.PATH=VALUE",)),
     (["--nproc", "0"], ("--nproc must be >= 1",)),
     (["--nproc", "two"], ("invalid int value: 'two'",)),
     (["--resume"], ("--resume: expected one argument",)),
@@ -165,7 +165,8 @@ def test_command_line_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, 
     (["run"], "the following arguments are required: recipe"),
     (["generate", "a.pt", "b.pt"], "unexpected argument 'b.pt'"),
     (["generate", "a.pt", "--max-tokens", "lots"], "invalid int value"),
-    (["export", "a.pt", "out", "--format", "onnx"], "invalid choice: 'onnx'"),
+    (["export", "--format"], "--format: expected one argument"),
+    (["info"], "the following arguments are required: recipe"),
 ])
 def test_argparse_errors_are_one_line_exit_2(capsys, args, fragment):
     code, out, err = cli(capsys, *args)
