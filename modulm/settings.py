@@ -121,7 +121,7 @@ class SystemSettings:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile: bool = False
     seed: Annotated[int, Ge(0)] = 42
-    threads: int | str | None = None
+    threads: Annotated[int, Ge(1)] | Literal["auto"] | None = None
     tf32: bool = True
 
 

@@ -1,6 +1,7 @@
 """[system] settings: dtype "auto" follows the hardware, the bf16 warning, threads and TF32."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -124,3 +125,12 @@ def test_bf16_autocast_needs_no_gradient_scaler():
     assert not runtime.grad_scaler(CPU, "bfloat16").is_enabled()
     assert not runtime.grad_scaler(torch.device("cuda"), "bfloat16").is_enabled()
     assert not runtime.grad_scaler(torch.device("cuda"), "float32").is_enabled()
+
+
+def test_validate_reports_a_bad_threads_value_with_the_other_problems(tmp_path, capsys):
+    from modulm.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "base.toml"
+    assert main(["validate", str(recipe), "system.threads=0", "system.dtype=fp8"]) == 2
+    err = capsys.readouterr().err
+    assert "system.threads: 0 is out of range: must be >= 1" in err and "system.dtype: 'fp8' is not one of" in err
