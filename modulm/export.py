@@ -76,7 +76,16 @@ def llama_problems(model_recipe: Mapping[str, Any]) -> list[str]:
             problems.append(f"model.{part} = {got!r} (Llama needs {wanted!r})")
     if model_recipe["d_model"] % model_recipe["num_heads"]:
         problems.append("model.d_model is not divisible by model.num_heads")
-    return problems
+    return problems + _plugin_problems(model_recipe)
+
+
+def _plugin_problems(model_recipe: Mapping[str, Any]) -> list[str]:
+    """What the model's own plugin says Llama cannot express (its factory's ``llama_incompatibilities``)."""
+    from modulm.plugins import load
+
+    factory = load().registry.get("model", _component(model_recipe)).factory
+    check = getattr(factory, "llama_incompatibilities", None)
+    return list(check(model_recipe)) if check is not None else []
 
 
 def llama_config(model_recipe: Mapping[str, Any], vocab_size: int, d_ff: int) -> dict[str, Any]:

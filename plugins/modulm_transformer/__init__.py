@@ -8,7 +8,7 @@ from modulm_transformer import components
 from modulm_transformer.attention import CausalSelfAttention
 from modulm_transformer.blocks import PostNormBlock, PreNormBlock
 from modulm_transformer.cache import KVCache
-from modulm_transformer.ffn import SiLUFFN, SwiGLU
+from modulm_transformer.ffn import ReLU2FFN, SiLUFFN, SwiGLU
 from modulm_transformer.layers import Embedding, Linear
 from modulm_transformer.model import TransformerLM, transformer
 from modulm_transformer.norms import Identity, RMSNorm
@@ -16,7 +16,7 @@ from modulm_transformer.position import NoPositionalEmbedding, RotaryPositionalE
 
 __all__ = [
     "CausalSelfAttention", "Embedding", "Identity", "KVCache", "Linear", "NoPositionalEmbedding",
-    "PostNormBlock", "PreNormBlock", "RMSNorm", "RotaryPositionalEmbedding", "SiLUFFN", "SwiGLU",
+    "PostNormBlock", "PreNormBlock", "ReLU2FFN", "RMSNorm", "RotaryPositionalEmbedding", "SiLUFFN", "SwiGLU",
     "TransformerLM",
 ]
 
@@ -29,6 +29,7 @@ def modulm_register_components(registry):
     registry.attention("mha", components.mha)
     registry.ffn("swiglu", components.swiglu)
     registry.ffn("silu", components.silu)
+    registry.ffn("relu2", components.relu2)
     registry.norm("rmsnorm", components.rmsnorm)
     registry.norm("none", components.no_norm)
     registry.position("rope", components.rope)

@@ -1,7 +1,8 @@
-"""Position-wise feed-forward networks: SwiGLU and the plain SiLU ablation."""
+"""Position-wise feed-forward networks: SwiGLU, the plain SiLU ablation and squared ReLU."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from modulm.functional.attention import silu
@@ -38,3 +39,16 @@ class SiLUFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(silu(self.w1(x)))
+
+
+class ReLU2FFN(nn.Module):
+    """``W2(ReLU(W1 x)²)`` (squared ReLU, Primer; modded-nanogpt's MLP); ``d_ff`` defaults to ``4 * d_model``."""
+
+    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
+        super().__init__()
+        d_ff = 4 * d_model if d_ff is None else d_ff
+        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
+        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(torch.relu(self.w1(x)).square())
