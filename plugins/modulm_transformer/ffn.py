@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modulm.functional.attention import silu
+from modulm.functional.attention import gated_silu, silu
 from modulm_transformer.layers import Linear
 
 
@@ -15,7 +15,11 @@ def swiglu_width(d_model: int) -> int:
 
 
 class SwiGLU(nn.Module):
-    """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``."""
+    """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``.
+
+    ``w1`` and ``w3`` keep their own parameters but run as one matmul against the stacked weights,
+    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`).
+    """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
@@ -25,7 +29,8 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        hidden = torch.matmul(x, torch.cat((self.w1.weight, self.w3.weight)).t())
+        return self.w2(gated_silu(hidden))
 
 
 class SiLUFFN(nn.Module):
