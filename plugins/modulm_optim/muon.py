@@ -136,7 +136,7 @@ def muon(
     beta2: float = 0.95,
     eps: float = 1e-8,
     adamw_weight_decay: float | None = None,
-    adamw_params: list[str] = DEFAULT_ADAMW_PARAMS,
+    adamw_params: list[str] = list(DEFAULT_ADAMW_PARAMS),  # noqa: B006 (never mutated)
     no_decay: list[str] = (),
     *,
     params: Iterable[Any],
