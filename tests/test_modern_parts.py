@@ -127,7 +127,7 @@ def test_zero_out_with_a_part_that_has_no_output_projection_is_a_one_line_error(
     with pytest.raises(ModulmError, match="model.init = 'zero-out': .*layers\\[0\\].ffn.w2"):
         transformer(**TINY_MODEL, init="zero-out", ffn=lambda **sizes: Bare(**sizes), vocab_size=32,
                     block=None, attention=None, norm=None, position=None)  # None: the CS336 defaults
-    with pytest.raises(ModulmError, match="logit_softcap must be >= 0"):
+    with pytest.raises(ModulmError, match="model.logit_softcap: -1.0 is out of range"):
         model(logit_softcap=-1.0)
 
 

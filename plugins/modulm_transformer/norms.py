@@ -12,6 +12,8 @@ class RMSNorm(nn.Module):
 
     Computes in float32 (float64 stays float64) and returns the input's dtype. With ``gain=False``
     the gain is a constant 1 (a non-persistent buffer, no parameters).
+
+    ``RMSNorm(d_model, eps=1e-5, device=None, dtype=None, gain=True)``: ``(..., d_model) -> (..., d_model)``.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None, gain: bool = True) -> None:
