@@ -51,14 +51,9 @@ class SiLUFFN(nn.Module):
         return self.w2(silu(self.w1(x)))
 
 
-class ReLU2FFN(nn.Module):
-    """``W2(ReLU(W1 x)²)`` (squared ReLU, Primer; modded-nanogpt's MLP); ``d_ff`` defaults to ``4 * d_model``."""
-
-    def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
-        super().__init__()
-        d_ff = 4 * d_model if d_ff is None else d_ff
-        self.w1 = Linear(d_model, d_ff, device=device, dtype=dtype)
-        self.w2 = Linear(d_ff, d_model, device=device, dtype=dtype)
+class ReLU2FFN(SiLUFFN):
+    """``W2(ReLU(W1 x)²)`` (squared ReLU, Primer; modded-nanogpt's MLP): the ungated layout with
+    another activation; ``d_ff`` defaults to ``4 * d_model``."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(torch.relu(self.w1(x)).square())
