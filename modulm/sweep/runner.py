@@ -176,6 +176,10 @@ class Child:
 
 
 def _last_step(run_dir: Path) -> int | None:
+    """The iteration a stopped run saved (its newest checkpoint), else the last one it logged."""
+    saved = rundir.periodic_checkpoints(run_dir)
+    if saved:
+        return saved[-1][0]
     steps = [e["step"] for e in read_events(run_dir) if e.get("event") == "train"]
     return steps[-1] + 1 if steps else None
 
@@ -195,7 +199,7 @@ class Runner:
         self.spec, self.sweep_dir, self.jobs = spec, Path(sweep_dir), jobs
         self.plugins = plugins or []
         self.out = out or sys.stdout
-        self.threads = max(1, available_cores() // jobs)
+        self.threads = max(1, available_cores() // jobs) if jobs > 1 else int(os.environ.get("OMP_NUM_THREADS") or available_cores())
         self.stop_signal: int | None = None
         self.state = SweepState(self.sweep_dir, spec)
 
@@ -278,7 +282,8 @@ class Runner:
                     if outcome["status"] != "interrupted":
                         count += 1
                         spent.append(outcome["seconds"])
-                    print(self._progress(child, outcome, count, total, len(pending) + len(running), spent),
+                    shown = count if outcome["status"] != "interrupted" else count + 1  # its slot, not yet done
+                    print(self._progress(child, outcome, shown, total, len(pending) + len(running), spent),
                           file=self.out, flush=True)
         finally:
             for sig, handler in previous.items():
