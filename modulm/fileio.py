@@ -36,3 +36,26 @@ def atomic_write(path: str | os.PathLike, write: Any) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def plain_copy(path: Path, work: Path) -> Path:
+    """``path`` itself when plain, else its ``.xz`` content decompressed into directory ``work``.
+
+    For readers that seek by byte offset (BPE training splits its input that way). A broken
+    archive is a one-line :class:`~modulm.errors.ModulmError` naming the file.
+    """
+    import lzma
+    import shutil
+
+    from modulm.errors import ModulmError
+
+    path, work = Path(path), Path(work)
+    if path.suffix != ".xz":
+        return path
+    target = work / f"{len(list(work.iterdir()))}-{path.stem}"
+    try:
+        with lzma.open(path, "rb") as packed, target.open("wb") as plain:
+            shutil.copyfileobj(packed, plain, 1 << 20)
+    except (lzma.LZMAError, EOFError) as exc:
+        raise ModulmError(f"{path}: not a readable .xz file ({exc})") from None
+    return target

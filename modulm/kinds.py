@@ -29,6 +29,7 @@ KINDS: tuple[str, ...] = (
     "data",
     "logger",
     "tokenizer",
+    "exporter",
 )
 
 #: Keyword-only arguments the builder of each kind passes. A factory takes the ones it needs
@@ -46,6 +47,7 @@ INJECTED: dict[str, tuple[str, ...]] = {
     "data": ("seed", "cache_dir"),
     "logger": ("run_dir",),
     "tokenizer": (),
+    "exporter": (),
 }
 
 
@@ -255,6 +257,25 @@ class Tokenizer(Protocol):
     def save(self, directory: Any) -> None: ...
 
 
+@runtime_checkable
+class Exporter(Protocol):
+    """kind ``exporter``: writes a trained model in another tool's format (``modulm export``).
+
+    ``models`` names the model components whose weights it knows how to lay out.
+    ``problems(model_table)`` returns why a resolved ``[model]`` table of one of those cannot be
+    written (empty when it can), so nothing is written for a model the format cannot express.
+    ``export(source, out_dir)`` writes the files into the existing directory ``out_dir`` and
+    returns their names; ``source`` is a :class:`modulm.export.ExportSource` (the checkpoint's
+    weights, resolved recipe, vocabulary size and tokenizer directory). The factory takes no
+    injected arguments.
+    """
+
+    models: tuple[str, ...]
+
+    def problems(self, model_table: Mapping[str, Any]) -> list[str]: ...
+    def export(self, source: Any, out_dir: Any) -> list[str]: ...
+
+
 INTERFACES: dict[str, type] = {
     "model": Model,
     "block": Block,
@@ -267,4 +288,5 @@ INTERFACES: dict[str, type] = {
     "data": DataSource,
     "logger": Logger,
     "tokenizer": Tokenizer,
+    "exporter": Exporter,
 }

@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from modulm.constraints import Rule, constraints_of, describe, rules_of
 from modulm.kinds import NestedKind
 
 REQUIRED = inspect.Parameter.empty
@@ -25,6 +26,8 @@ class Param:
     settings: type | None = None  # set when the value is a settings table (a dataclass)
     choices: tuple | None = None  # the allowed values of a Literal annotation
     doc: str = ""
+    constraints: tuple = ()  # annotated-types markers (Ge(1), Interval(gt=0, le=1), ...)
+    items: tuple[type, ...] | None = None  # accepted simple types of an array's elements; None = not checked
 
     @property
     def required(self) -> bool:
@@ -40,6 +43,10 @@ class Param:
         shown = [t for t in self.types if not (t is int and float in self.types)]  # float accepts int
         return " | ".join("None" if t is type(None) else t.__name__ for t in shown)
 
+    def range_text(self) -> str:
+        """The declared range as people write it (``">= 1"``, ``"in (0, 1]"``), or ``""``."""
+        return describe(self.constraints)
+
 
 @dataclass(frozen=True)
 class Schema:
@@ -48,6 +55,7 @@ class Schema:
     params: tuple[Param, ...]
     injected: tuple[str, ...]
     accepts_any: bool = False  # **kwargs in the signature: unknown keys cannot be checked
+    rules: tuple[Rule, ...] = ()  # cross-field rules (modulm.constraints.checks), run after the parameters
 
     def get(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -85,6 +93,22 @@ def _simple_types(annotation: Any) -> tuple[type, ...] | None:
         return (float, int)
     if annotation in _SIMPLE:
         return (annotation,)
+    return None
+
+
+def _item_types(annotation: Any) -> tuple[type, ...] | None:
+    """The simple types a ``list[X]`` annotation (possibly in a union or Annotated) allows its items."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _item_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _item_types(arg)
+            if found is not None:
+                return found
+        return None
+    if origin in (list, typing.Sequence) and len(typing.get_args(annotation)) == 1:
+        return _simple_types(typing.get_args(annotation)[0])
     return None
 
 
@@ -142,9 +166,11 @@ def schema_of(factory: Callable) -> Schema:
                 choices=literal_choices(annotation),
                 settings=annotation if dataclasses.is_dataclass(annotation) and isinstance(annotation, type) else None,
                 doc=_param_doc(factory, p.name),
+                constraints=constraints_of(annotation),
+                items=_item_types(annotation),
             )
         )
-    return Schema(tuple(params), tuple(injected), accepts_any)
+    return Schema(tuple(params), tuple(injected), accepts_any, rules_of(factory))
 
 
 def _param_doc(factory: Callable, name: str) -> str:

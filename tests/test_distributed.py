@@ -46,7 +46,7 @@ def tiny_recipe(root: Path, run: str, batch_size: int, **changes) -> dict:
         "optimizer": {"component": "adamw", "lr": 3e-3},
         "schedule": {"component": "cosine-warmup", "warmup_iters": 2, "min_lr": 3e-4},
         "training": {"batch_size": batch_size, "max_iterations": 8, "grad_accum_steps": 2},
-        "checkpointing": {"checkpoint_dir": str(root / run), "checkpoint_interval": 4, "keep_last": 0},
+        "checkpointing": {"checkpoint_dir": str(root / run), "checkpoint_interval": 4, "keep_last": 1000},
         "logging": {"log_interval": 1, "eval_interval": 4, "eval_iters": 2},
         "system": {"device": "cpu", "seed": 7},
         "distributed": {"backend": "gloo", "timeout_seconds": 20},

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import numpy as np
 import torch
+from annotated_types import Interval, MinLen
 
+from modulm.constraints import checks, problem
 from modulm.errors import ModulmError
 from modulm_data.batching import FileWindows, sample_starts, to_device
 from modulm_data.checks import check_ids, count_bytes
@@ -16,6 +18,7 @@ from modulm_data.tokenfile import open_token_file
 from modulm_data.tokenizers import byte_lengths, fingerprint, load_tokenizer
 
 SPLITS = ("train", "val")
+MAX_VOCAB = 2**32  # the largest vocabulary whose ids a uint32 token file (what `auto` writes) holds
 _SAMPLE_TOKENS = 1 << 20  # tokens decoded to estimate bytes/token when exact lengths are unknown
 
 
@@ -128,11 +131,28 @@ class TokenSource:
         return len(self.tokenizer.decode(sample).encode("utf-8")) / len(sample)
 
 
+def vocab_fits_dtype(p: Mapping[str, Any], vocab_size: Any) -> list:
+    """An explicit token dtype must hold every id below ``vocab_size`` (shared with ``text``)."""
+    dtype = p["dtype"]
+    if dtype == "auto" or not isinstance(vocab_size, int):
+        return []
+    largest = int(np.iinfo(np.dtype(dtype)).max)
+    if vocab_size - 1 > largest:
+        return [problem(f"{dtype} holds token ids up to {largest}, too few for vocab_size {vocab_size}", key="dtype")]
+    return []
+
+
+def _vocab_fits_memmap_dtype(p: Mapping[str, Any]) -> list:
+    """an explicit dtype holds every id below vocab_size."""
+    return vocab_fits_dtype(p, p["vocab_size"])
+
+
+@checks(_vocab_fits_memmap_dtype)
 class MemmapSource(TokenSource):
     """Token files (.npy, or raw .bin with an explicit dtype), memory-mapped and sampled uniformly.
 
     train: path of the training token file (.npy, or a raw file with dtype set)
-    vocab_size: size of the vocabulary; every token id must be below it
+    vocab_size: size of the vocabulary; every token id must be below it (and fit an explicit dtype)
     val: path of the validation token file (optional)
     dtype: "auto" (the .npy header's dtype) or uint16, uint32, int32, int64; required for raw files, must match a .npy header
     tokenizer: directory of the saved tokenizer that made the ids (optional; gives bits per byte and decoded samples)
@@ -140,11 +160,11 @@ class MemmapSource(TokenSource):
 
     def __init__(
         self,
-        train: str,
-        vocab_size: int,
-        val: str | None = None,
+        train: Annotated[str, MinLen(1)],
+        vocab_size: Annotated[int, Interval(ge=1, le=MAX_VOCAB)],
+        val: Annotated[str, MinLen(1)] | None = None,
         dtype: Literal["auto", "uint16", "uint32", "int32", "int64"] = "auto",
-        tokenizer: str | None = None,
+        tokenizer: Annotated[str, MinLen(1)] | None = None,
         *,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,

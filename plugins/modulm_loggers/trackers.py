@@ -11,7 +11,9 @@ import importlib
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from annotated_types import MinLen
 
 from modulm.errors import ModulmError
 
@@ -57,7 +59,7 @@ class WandbLogger:
     tags: tags for the run
     """
 
-    def __init__(self, project: str = "modulm", name: str | None = None, entity: str | None = None,
+    def __init__(self, project: Annotated[str, MinLen(1)] = "modulm", name: str | None = None, entity: str | None = None,
                  mode: Literal["online", "offline", "disabled"] | None = None, tags: list[str] | None = None,
                  *, run_dir: Path):
         self._wandb = require("wandb", "wandb")
@@ -92,7 +94,7 @@ class TensorBoardLogger:
     subdir: directory inside the run directory for the event files (point `tensorboard --logdir` at it)
     """
 
-    def __init__(self, subdir: str = "tensorboard", *, run_dir: Path):
+    def __init__(self, subdir: Annotated[str, MinLen(1)] = "tensorboard", *, run_dir: Path):
         require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 

@@ -21,6 +21,9 @@ class CausalSelfAttention(nn.Module):
     ``d_k = d_v = d_model / num_heads``; ``position`` (a module, default none) rotates the queries
     and keys of every head alike. ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``;
     ``impl="scratch"`` uses :func:`modulm.functional.attention.scaled_dot_product_attention`.
+
+    ``CausalSelfAttention(d_model, num_heads, position=None, impl="sdpa", device=None, dtype=None)``:
+    ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to ``(..., T, d_model)``.
     """
 
     def __init__(self, d_model: int, num_heads: int, position: nn.Module | None = None,

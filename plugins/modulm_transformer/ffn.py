@@ -14,7 +14,11 @@ def swiglu_width(d_model: int) -> int:
 
 
 class SwiGLU(nn.Module):
-    """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``."""
+    """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``.
+
+    ``SwiGLU(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``;
+    ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``.
+    """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
@@ -28,7 +32,10 @@ class SwiGLU(nn.Module):
 
 
 class SiLUFFN(nn.Module):
-    """``W2(SiLU(W1 x))``, the ungated ablation; ``d_ff`` defaults to ``4 * d_model``."""
+    """``W2(SiLU(W1 x))``, the ungated ablation; ``d_ff`` defaults to ``4 * d_model``.
+
+    ``SiLUFFN(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``.
+    """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
