@@ -52,6 +52,16 @@ def sweep_cli(*args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def finish(process, timeout: float = 900) -> tuple[int, str, str]:
+    """Wait for a sweep; kill it (and leave no orphan) if it outlives ``timeout``."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
 def fingerprint(run_dir: Path) -> dict:
     files = [run_dir / "final_checkpoint.pt", run_dir / "metrics.jsonl"]
     return {f.name: (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files}
@@ -71,15 +81,14 @@ def killed_and_resumed(tmp_path_factory):
     path = make_sweep(tmp, VARIANTS)
     sweep_dir = tmp / "runs" / "sweeps" / "s"
     first = sweep_cli(str(path), cwd=tmp)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: on a loaded shared machine a tiny run can take a minute
     while time.time() < deadline and not training(sweep_dir / "long") and first.poll() is None:
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)
-    out1, err1 = first.communicate(timeout=120)
+    first_result = finish(first)
     before = {label: fingerprint(sweep_dir / label) for label in ("a", "b")}
-    second = sweep_cli(str(path), cwd=tmp)
-    out2, err2 = second.communicate(timeout=180)
-    return {"dir": sweep_dir, "first": (first.returncode, out1, err1), "second": (second.returncode, out2, err2),
+    second_result = finish(sweep_cli(str(path), cwd=tmp))
+    return {"dir": sweep_dir, "first": first_result, "second": second_result,
             "before": before, "path": path, "tmp": tmp}
 
 
