@@ -156,7 +156,11 @@ def collect(paths: Sequence[str | Path]) -> tuple[list[RunRow], list[str]]:
         missing = [k for k in differing if k not in row.settings]
         if missing and (row.run_dir / "recipe.toml").is_file():
             resolved = flatten(tomllib.loads((row.run_dir / "recipe.toml").read_text(encoding="utf-8")))
-            row.settings.update({k: resolved[k] for k in missing if k in resolved})
+            for key in missing:  # "model.norm" = "none" overrides what the recipe resolves as model.norm.component
+                value = resolved.get(key, resolved.get(f"{key}.component"))
+                if value is not None:
+                    row.settings[key] = value
+    differing = [k for k in differing if len({json.dumps(r.settings.get(k), sort_keys=True) for r in rows}) > 1]
     return rows, differing
 
 
