@@ -97,12 +97,13 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     """Validate a recipe (a path, a dict or a :class:`~modulm.recipe.Recipe`) and build its parts.
 
     Order: the process group when launched by torchrun (:mod:`modulm.distributed`), seed, data
-    source (``seed``, ``cache_dir``; rank 0 first), model (``vocab_size`` from the data),
-    optimizer (the model's named parameters), schedule (the optimizer's peak lr, the run length).
+    source (``seed``, ``cache_dir``; rank 0 first), model (``vocab_size`` from the data; sharded
+    here with ``distributed.strategy = "fsdp"``, see :mod:`modulm.strategy`), optimizer (the model's named parameters), schedule (the optimizer's peak lr, the run length).
     """
     from modulm import distributed
     from modulm import plugins as plugin_loading
     from modulm.runtime import seed_everything
+    from modulm.strategy import strategy
 
     if registry is None:
         registry = plugin_loading.load(plugins).registry
@@ -124,6 +125,8 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     with distributed.main_first(ranks):
         data = bound["data"](seed=settings["system"].seed, cache_dir=cache_dir())
     model = bound["model"](vocab_size=data.vocab_size)
+    # fsdp shards the model in place here: its optimizer must be built on the sharded parameters
+    model = strategy(settings["distributed"], settings["system"]).prepare(model)
     optimizer = bound["optimizer"](params=list(model.named_parameters()))
     base_lr = optimizer.defaults.get("lr", optimizer.param_groups[0]["lr"])
     schedule = bound["schedule"](base_lr=base_lr, max_iterations=settings["training"].max_iterations)

@@ -41,18 +41,13 @@ def model_name(model_table: Any) -> str:
 
 def read_run_checkpoint(checkpoint: str | Path) -> tuple[dict, dict, int]:
     """``(model state dict, resolved recipe, vocab_size)`` from a checkpoint written by a run."""
-    from modulm.checkpoint import read_checkpoint
+    from modulm.checkpoint import read_checkpoint, run_model_spec
 
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ModulmError(f"{checkpoint}: checkpoint not found")
-    state = read_checkpoint(checkpoint)
-    recipe = state.get("recipe") or {}
-    vocab_size = (state.get("meta") or {}).get("vocab_size")
-    if "model" not in recipe or vocab_size is None or "model" not in state:
-        raise ModulmError(f"{checkpoint}: has no model, resolved recipe or vocab size; was it written by modulm run?")
+    state = read_checkpoint(checkpoint)  # the one checkpoint reader: one-line errors for every bad file
+    recipe, vocab_size = run_model_spec(state, checkpoint)
     weights = {_strip_wrappers(k): v for k, v in state["model"].items()}
-    return weights, recipe, int(vocab_size)
+    return weights, recipe, vocab_size
 
 
 def _strip_wrappers(key: str) -> str:

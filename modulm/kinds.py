@@ -88,6 +88,8 @@ class Model(Protocol):
     only on tokens ``<= t`` (causal), and batch elements are independent. Attributes
     ``vocab_size`` and ``context_length`` are set. Parameters are created on the CPU in float32;
     the trainer moves the model. ``state_dict()`` holds only learnable weights (no derived buffers).
+    Optional: ``layers``, an ``nn.ModuleList`` of the repeated blocks; ``distributed.strategy =
+    "fsdp"`` shards each of them as a unit (without it the model is sharded as one unit).
     Injected: ``vocab_size``.
     """
 
@@ -227,8 +229,9 @@ class Logger(Protocol):
     ``log(event)`` takes a flat mapping with an ``"event"`` key: ``"start"`` (run metadata and
     ``"lines"``, human-readable start-up lines), ``"train"`` (``step, max_steps, loss, lr,
     grad_norm, step_time, tokens_per_sec, tokens, elapsed``), ``"eval"`` (``step, val_loss,
-    val_perplexity, eval_time``, optionally ``val_bpb``), ``"message"`` (``text``, ``level``) and
-    ``"end"``. Unknown events and keys are ignored. ``close()`` flushes and releases files; it is
+    val_perplexity, eval_time``, optionally ``val_bpb``), ``"message"`` (``text``, ``level``),
+    ``"error"`` (``text``: the one-line error that stops the run, also printed on stderr by the
+    command line) and ``"end"``. Unknown events and keys are ignored. ``close()`` flushes and releases files; it is
     safe to call twice. Injected: ``run_dir`` (a ``pathlib.Path`` that exists).
     """
 

@@ -25,6 +25,7 @@ class Param:
     nested: NestedKind | None = None  # set when the value is a nested component
     settings: type | None = None  # set when the value is a settings table (a dataclass)
     choices: tuple | None = None  # the allowed values of a Literal annotation
+    open_types: tuple[type, ...] = ()  # types the union's other arms accept besides the choices (int | Literal["auto"])
     doc: str = ""
     constraints: tuple = ()  # annotated-types markers (Ge(1), Interval(gt=0, le=1), ...)
     items: tuple[type, ...] | None = None  # accepted simple types of an array's elements; None = not checked
@@ -132,12 +133,36 @@ def literal_choices(annotation: Any) -> tuple | None:
     return None
 
 
+def _open_types(annotation: Any) -> tuple[type, ...]:
+    """In a union holding a ``Literal``, the simple types its non-Literal, non-None arms accept."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or literal_choices(annotation) is None:
+        return ()
+    out: list[type] = []
+    for arg in typing.get_args(annotation):
+        if arg is type(None) or typing.get_origin(arg) is typing.Literal:
+            continue
+        out.extend(_simple_types(arg) or ())
+    return tuple(dict.fromkeys(out))
+
+
 def _hints(factory: Callable) -> dict[str, Any]:
-    target = factory.__init__ if inspect.isclass(factory) and not dataclasses.is_dataclass(factory) else factory
     try:
-        return typing.get_type_hints(target, include_extras=True)
+        return typing.get_type_hints(_annotated(factory), include_extras=True)
     except Exception:  # unresolvable forward references: fall back to unchecked types
         return {}
+
+
+def _annotated(factory: Callable) -> Callable:
+    return factory.__init__ if inspect.isclass(factory) and not dataclasses.is_dataclass(factory) else factory
+
+
+def hint_error(factory: Callable) -> str | None:
+    """Why ``factory``'s annotations cannot be resolved (then no type or range is checked), or None."""
+    try:
+        typing.get_type_hints(_annotated(factory), include_extras=True)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def schema_of(factory: Callable) -> Schema:
@@ -164,6 +189,7 @@ def schema_of(factory: Callable) -> Schema:
                 types=_simple_types(annotation),
                 nested=_nested_marker(annotation),
                 choices=literal_choices(annotation),
+                open_types=_open_types(annotation),
                 settings=annotation if dataclasses.is_dataclass(annotation) and isinstance(annotation, type) else None,
                 doc=_param_doc(factory, p.name),
                 constraints=constraints_of(annotation),

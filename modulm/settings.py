@@ -127,10 +127,14 @@ class DistributedSettings:
 
     backend: "auto" (nccl on CUDA, gloo on CPU), "nccl" or "gloo"
     timeout_seconds: how long a collective waits for the other ranks; past it the job fails with an error instead of hanging
+    strategy: "ddp" (every process holds the whole model, gradients all-reduced) or "fsdp" (parameters, gradients and optimizer state sharded over the processes with FSDP2; checkpoints are sharded directories)
+    reshard_after_forward: fsdp only: free each block's gathered parameters after its forward and gather them again for the backward (less memory, one more all-gather per block)
     """
 
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     timeout_seconds: Annotated[int, Ge(1)] = 300
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    reshard_after_forward: bool = True
 
 
 @dataclass

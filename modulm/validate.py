@@ -46,11 +46,14 @@ class _Context:
 
 
 def _type_ok(value: Any, param: Param) -> bool:
-    if param.types is None:
-        return True
+    return param.types is None or _of_types(value, param.types)
+
+
+def _of_types(value: Any, types: tuple[type, ...]) -> bool:
+    """``isinstance`` where a boolean is not an integer (TOML keeps them apart)."""
     if isinstance(value, bool):
-        return bool in param.types
-    return isinstance(value, param.types)
+        return bool in types
+    return isinstance(value, types)
 
 
 def _toml_type(value: Any) -> str:
@@ -137,7 +140,7 @@ def _bind_value(ctx, registry, param: Param, value: Any, path: tuple, component,
         for i, element in enumerate(value):
             if not _type_ok(element, item):
                 ctx.report(path + (i,), f"expected {item.type_name()}, got {_toml_type(element)} {element!r}", component)
-    if param.choices is not None and value not in param.choices:
+    if param.choices is not None and value not in param.choices and not _of_types(value, param.open_types):
         allowed = ", ".join(repr(c) for c in param.choices)
         ctx.report(path, f"{value!r} is not one of {allowed}", component)
     if param.constraints and value is not None:

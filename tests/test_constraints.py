@@ -13,7 +13,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import annotated_types as at
 import pytest
@@ -51,6 +51,7 @@ def _entries() -> list[tuple[tuple[str, ...], str | None, object]]:
     for component in REGISTRY.components():
         for param in component.schema.params:
             if param.constraints:
+                assert component.kind in SLOTS, f"kind {component.kind!r} declares ranges: give it a place in SLOTS"
                 out.append((SLOTS[component.kind], component.name, param))
     for top in schema_of(recipe_schema).params:
         if top.settings is not None:
@@ -235,3 +236,20 @@ def test_assemble_prints_the_warnings_of_a_valid_recipe_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["modulm: warning: <python>: schedule.warmup_iters: 9 >= training.max_iterations (4): "
                    "the run ends before the learning rate reaches its peak"]
+
+
+def test_a_range_and_a_named_choice_can_share_one_parameter():
+    """``Annotated[int, Ge(1)] | Literal["auto"] | None``: 4 and "auto" pass, 0 and "autoo" do not."""
+    from modulm.recipe import bind_component
+
+    def threaded(threads: Annotated[int, at.Ge(1)] | Literal["auto"] | None = None, *, run_dir=None):
+        """A logger with a thread count."""
+
+    registry = Registry()
+    registry.add("logger", "acme-threaded", threaded, plugin="acme")
+    assert registry.get("logger", "acme-threaded").schema.get("threads").range_text() == ">= 1"
+    for value, refused in ((4, None), ("auto", None), (0, "0 is out of range: must be >= 1"),
+                           ("autoo", "'autoo' is not one of 'auto', None"), (True, "expected int | str | None")):
+        problems: list[str] = []
+        bind_component(registry, "logger", {"component": "acme-threaded", "threads": value}, problems=problems)
+        assert (problems == []) if refused is None else (len(problems) == 1 and refused in problems[0]), (value, problems)

@@ -390,7 +390,12 @@ def rule_refuses_defaults(scale: Annotated[float, at.Gt(0)] = 1.0, *, d_model: i
     return nn.Identity()
 
 
-@pytest.mark.parametrize("mutant, rule", [(predicate_ranged, "does not enforce"),
+def unresolvable(scale: Annotated[float, NotImportedMarker(0)] = 1.0, *, d_model: int):  # noqa: F821
+    """A norm whose range names a marker its module never imported: nothing is checked."""
+    return nn.Identity()
+
+
+@pytest.mark.parametrize("mutant, rule", [(predicate_ranged, "does not enforce"), (unresolvable, "cannot be resolved"),
                                            (default_outside, "outside its own range"),
                                            (rule_refuses_defaults, "do not validate")])
 def test_range_check_rejects(mutant, rule):

@@ -22,9 +22,20 @@ from modulm.errors import ModulmError, RecipeError
 EXIT_USER_ERROR = 2
 
 
+class Parser(IntermixedParser):
+    """argparse with the command's error contract: one line ``modulm: error: ...``, exit 2."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f"{command}: " if command else ""
+        hint = f"; see modulm {command} --help" if command else "; see modulm --help"
+        print(f"modulm: error: {where}{message}{hint}", file=sys.stderr)
+        raise SystemExit(EXIT_USER_ERROR)
+
+
 def build_parser(pm=None) -> argparse.ArgumentParser:
     """The ``modulm`` parser: the core's commands, then those of ``pm``'s plugins (if given)."""
-    parser = IntermixedParser(prog="modulm", description="Train Transformer language models from modular recipes.")
+    parser = Parser(prog="modulm", description="Train Transformer language models from modular recipes.")
     parser.add_argument("--version", action="version", version=f"modulm {modulm.__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     parser.add_argument(
@@ -58,6 +69,7 @@ def _plugin_arguments(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from modulm import plugins
+    from modulm.cli._common import place_extra_arguments
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -68,12 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"modulm: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     parser = build_parser(pm)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
     args.plugin_manager = pm
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
+        place_extra_arguments(args, extras)
         return int(args.func(args) or 0)
     except RecipeError as exc:
         if args.debug:
@@ -85,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"modulm: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a file the command reads or writes: disk full, permission, I/O error
+        if args.debug or not exc.filename:
+            raise
+        print(f"modulm: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("modulm: interrupted", file=sys.stderr)

@@ -84,6 +84,8 @@ def check_declared_ranges(kind: str, component: str | Callable[..., Any], config
                           registry: Any = None) -> None:
     """Check that validation enforces exactly the ranges ``component`` declares.
 
+    * the annotations resolve (``typing.get_type_hints``: a name imported only for type checkers
+      would silently turn every check off);
     * every marker on a parameter is one validation enforces (``Gt``, ``Ge``, ``Lt``, ``Le``,
       ``Interval``, ``MultipleOf``, ``MinLen``, ``MaxLen``, ``Len``);
     * every default lies inside its own range, and ``config`` (required values; defaults for the
@@ -91,15 +93,18 @@ def check_declared_ranges(kind: str, component: str | Callable[..., Any], config
     * for each bound, a value just outside it is refused with a line naming the parameter, and a
       value on it (or just inside) is not refused for its range.
     """
-    from modulm.schema import schema_of
+    from modulm.schema import hint_error, schema_of
 
     label = describe(kind, component)
     if isinstance(component, str):
         from modulm.testing._build import registry_or_default
 
-        schema = registry_or_default(registry).get(kind, component).schema
+        factory = registry_or_default(registry).get(kind, component).factory
     else:
-        schema = schema_of(component)
+        factory = component
+    unresolved = hint_error(factory)
+    assert unresolved is None, f"{label}: its annotations cannot be resolved, so no type or range is checked ({unresolved})"
+    schema = schema_of(factory)
     base = {k: v for k, v in dict(config or {}).items() if k != "component"}
     for param in schema.params:
         loose = unenforced(param.constraints)

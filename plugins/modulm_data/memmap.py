@@ -13,7 +13,7 @@ from annotated_types import Interval, MinLen
 from modulm.constraints import checks, problem
 from modulm.errors import ModulmError
 from modulm_data.batching import FileWindows, sample_starts, to_device
-from modulm_data.checks import check_ids, count_bytes
+from modulm_data.checks import check_ids, count_bytes, remember_stats
 from modulm_data.tokenfile import open_token_file
 from modulm_data.tokenizers import byte_lengths, fingerprint, load_tokenizer
 
@@ -46,6 +46,7 @@ class TokenSource:
         self._generators = {split: torch.Generator().manual_seed(split_seed(seed, split)) for split in self.splits}
         self._bytes_per_token: dict[str, float | None] = {}
         self._rank, self._world_size = 0, 1
+        self._unsaved_stats: dict[str, Any] = {}  # scans cached once validate() passed: a failed start writes nothing
 
     # -- the DataSource contract ------------------------------------------------------------
     def tokens(self, split: str) -> np.ndarray:
@@ -57,9 +58,21 @@ class TokenSource:
         return self._arrays[split]
 
     def validate(self, context_length: int) -> None:
-        """Raise a one-line error unless every split holds at least ``context_length + 1`` tokens."""
+        """Raise a one-line error unless every split holds at least ``context_length + 1`` tokens.
+
+        Called by the trainer's preflight, before anything is written; once every check passed, the
+        id scans made when the files were opened are cached beside them.
+        """
         for split in self.splits:
             self._check_length(split, context_length)
+        for split, stats in self._unsaved_stats.items():
+            remember_stats(self.files[split], self.tokens(split), stats)
+        self._unsaved_stats.clear()
+
+    def _check_ids(self) -> None:
+        """Every split's ids below vocab_size (one-line error otherwise); the scans wait for validate()."""
+        for split in self.splits:
+            self._unsaved_stats[split] = check_ids(self.files[split], self.tokens(split), self.vocab_size, save=False)
 
     def get_batch(self, split: str, batch_size: int, context_length: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)`` int64 ``(batch_size, context_length)`` windows of ``split`` on ``device``."""
@@ -178,8 +191,7 @@ class MemmapSource(TokenSource):
         self.tokenizer_dir = Path(tokenizer) if tokenizer else None
         loaded = load_tokenizer(self.tokenizer_dir) if self.tokenizer_dir else None
         super().__init__(files, vocab_size, seed, loaded)
-        for split in self.splits:  # fail before training: missing, empty, wrong dtype, bad ids
-            check_ids(self.files[split], self.tokens(split), self.vocab_size)
+        self._check_ids()  # fail before training: missing, empty, wrong dtype, bad ids
 
     def _open(self, split: str) -> np.ndarray:
         return open_token_file(self.files[split], self.dtype)

@@ -154,8 +154,7 @@ class TextSource(TokenSource):
             tok = type(tok).load(self.entry / "tokenizer")
         files = {split: self.entry / f"{split}.npy" for split in self.meta["tokens"]}
         super().__init__(files, int(tok.vocab_size), seed, tok)
-        for split in self.splits:
-            check_ids(self.files[split], self.tokens(split), self.vocab_size)
+        self._check_ids()
 
     # -- preparation ------------------------------------------------------------------------
     def _cache_key(self, tok: Any, tok_settings: dict) -> str:

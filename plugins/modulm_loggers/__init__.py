@@ -19,7 +19,7 @@ __getattr__ = lazy_attributes(__name__, {"TensorBoardLogger": "modulm_loggers.tr
 
 
 class ConsoleLogger:
-    """Print the training guide's log lines to the terminal.
+    """Print the training guide's log lines to the terminal (not ``error`` events: the CLI prints those).
 
     timestamps: prefix each line with the time and level, as the training guide shows
     stream: "stdout" or "stderr"
@@ -30,6 +30,8 @@ class ConsoleLogger:
         self.stream = stream
 
     def log(self, event: Mapping[str, Any]) -> None:
+        if event.get("event") == "error":  # the command line prints errors itself, on stderr
+            return
         out = sys.stdout if self.stream == "stdout" else sys.stderr
         level = str(event.get("level", "INFO"))
         for line in event_text(event):

@@ -30,6 +30,15 @@ def require(module: str, extra: str):
         raise ModulmError(f"the {extra} logger needs the {extra} package: pip install 'modulm[{extra}]'") from None
 
 
+def missing(module: str, extra: str) -> list[str]:
+    """The one-line problem when ``module`` cannot be imported (a component ``preflight`` hook's answer)."""
+    try:
+        require(module, extra)
+    except ModulmError as exc:
+        return [str(exc)]
+    return []
+
+
 def scalars(event: Mapping[str, Any]) -> dict[str, float]:
     """The tracker scalars of a ``train`` or ``eval`` event (finite numbers only; others: empty)."""
     keys = {"train": TRAIN_KEYS, "eval": EVAL_KEYS}.get(event.get("event"), {})
@@ -68,6 +77,11 @@ class WandbLogger:
                               tags=list(tags or []), dir=str(self.run_dir))
         self.run = None
 
+    @staticmethod
+    def preflight(params: Mapping[str, Any]) -> list[str]:
+        """Before the run directory is written: is wandb installed?"""
+        return missing("wandb", "wandb")
+
     def _start(self) -> None:
         # Started on the first event, once the trainer has written recipe.toml, so the run's
         # config is the resolved recipe.
@@ -101,6 +115,11 @@ class TensorBoardLogger:
         self.log_dir = Path(run_dir) / subdir
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
         self._closed = False
+
+    @staticmethod
+    def preflight(params: Mapping[str, Any]) -> list[str]:
+        """Before the run directory is written: is tensorboard installed?"""
+        return missing("tensorboard", "tensorboard")
 
     def log(self, event: Mapping[str, Any]) -> None:
         if self._closed:
