@@ -1,4 +1,5 @@
-"""From-scratch attention primitives: a stable softmax, scaled dot-product attention and SiLU.
+"""From-scratch attention primitives: a stable softmax, scaled dot-product attention, SiLU and
+the SiLU-gated product of SwiGLU.
 
 Plain tensor ops only (no ``torch.nn.functional``), so the built-in transformer's reference path
 shows every step of the computation.
@@ -64,6 +65,40 @@ class _SiLU(torch.autograd.Function):
 def silu(x: Tensor) -> Tensor:
     """SiLU (swish): ``x * sigmoid(x)``, elementwise, same dtype as ``x``."""
     return _SiLU.apply(x)
+
+
+class _GatedSiLU(torch.autograd.Function):
+    """``silu(a) * b`` for ``h = [a | b]`` split in half along the last dim, with a hand-written
+    backward that writes both halves of the gradient into one tensor (no concatenation)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(h)
+        a, b = h.chunk(2, dim=-1)
+        return torch.sigmoid(a).mul_(a).mul_(b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (h,) = ctx.saved_tensors
+        a, b = h.chunk(2, dim=-1)
+        grad_h = torch.empty_like(h)
+        grad_a, grad_b = grad_h.chunk(2, dim=-1)
+        s = torch.sigmoid(a)
+        torch.mul(a, s, out=grad_b)  # silu(a)
+        # d silu(a)/da = s * (1 + a * (1 - s)) = s * (1 + a - silu(a))
+        torch.sub(a, grad_b, out=grad_a)
+        grad_a.add_(1).mul_(s).mul_(b).mul_(grad)
+        grad_b.mul_(grad)
+        return grad_h
+
+
+def gated_silu(h: Tensor) -> Tensor:
+    """SwiGLU's gate: ``silu(a) * b`` where ``a, b`` are the first and second halves of ``h``'s
+    last dim (even width); returns ``(..., width / 2)`` in ``h``'s dtype."""
+    if h.shape[-1] % 2:
+        raise ValueError(f"gated_silu needs an even last dim, got {h.shape[-1]}")
+    return _GatedSiLU.apply(h)
 
 
 def causal_mask(num_queries: int, num_keys: int | None = None, device: torch.device | str | None = None) -> Tensor:

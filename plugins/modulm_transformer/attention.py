@@ -19,15 +19,21 @@ class CausalSelfAttention(nn.Module):
     """``output_proj(MultiHead(q_proj x, k_proj x, v_proj x))`` with a causal mask.
 
     ``d_k = d_v = d_model / num_heads``; ``position`` (a module, default none) rotates the queries
-    and keys of every head alike. ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``;
-    ``impl="scratch"`` uses :func:`modulm.functional.attention.scaled_dot_product_attention`.
+    and keys of every head alike. ``q_norm`` and ``k_norm`` (modules over the head width, default
+    none) normalise each head's queries and keys after the projections and before ``position``
+    (QK-norm). ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``
+    (on an accelerator also for cached decoding); ``impl="scratch"`` uses
+    :func:`modulm.functional.attention.scaled_dot_product_attention`. The three projections keep
+    their own parameters (and state-dict names) but run as one matmul against the stacked weights.
 
-    ``CausalSelfAttention(d_model, num_heads, position=None, impl="sdpa", device=None, dtype=None)``:
-    ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to ``(..., T, d_model)``.
+    ``CausalSelfAttention(d_model, num_heads, position=None, impl="sdpa", device=None, dtype=None,
+    q_norm=None, k_norm=None)``: ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to
+    ``(..., T, d_model)``.
     """
 
     def __init__(self, d_model: int, num_heads: int, position: nn.Module | None = None,
-                 impl: Literal["sdpa", "scratch"] = "sdpa", device=None, dtype=None) -> None:
+                 impl: Literal["sdpa", "scratch"] = "sdpa", device=None, dtype=None,
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
@@ -39,32 +45,60 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.position = position if position is not None else NoPositionalEmbedding()
+        if q_norm is not None or k_norm is not None:  # QK-norm; absent by default (no modules, same state_dict)
+            self.q_norm, self.k_norm = q_norm or nn.Identity(), k_norm or nn.Identity()
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, kv_cache: LayerKVCache | None = None) -> Tensor:
         """``x``: ``(..., T, d_model)``; with ``kv_cache``, ``x`` holds the tokens after the cached ones."""
-        q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = self._project(x)
         if token_positions is None and kv_cache is not None:
             token_positions = torch.arange(kv_cache.length, kv_cache.length + x.shape[-2], device=x.device)
         if token_positions is not None:
             token_positions = token_positions.unsqueeze(-2)  # broadcast over the head dim
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # before the rotation, so the gains act on unrotated features
         q, k = self.position(q, token_positions), self.position(k, token_positions)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)
         out = self._attend(q, k, v)  # (..., heads, T, head_dim)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))
 
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``(..., heads, T, head_dim)``: one matmul instead of three
+        (fewer, larger kernels; the gradient of the stacked weight splits back into views)."""
+        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        qkv = torch.matmul(x, weight.t())
+        q, k, v = qkv.split(self.d_model, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
     def _split_heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-3, -2)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal attention of the last ``q`` positions over all ``k`` positions."""
-        num_queries, num_keys = q.shape[-2], k.shape[-2]
-        if self.impl == "sdpa" and num_queries == num_keys:
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        # Cached decoding (few queries over many keys) takes the plain path on purpose: torch's CPU
-        # fused kernel spends ~20 ms per call on a single query, ~300x the two small matmuls here.
-        mask = None if num_queries == 1 else causal_mask(num_queries, num_keys, q.device)
+        if self.impl == "sdpa" and (q.shape[-2] == k.shape[-2] or q.device.type != "cpu"):
+            return fused_causal_attention(q, k, v)
+        # Cached decoding on the CPU (few queries over many keys) takes the plain path on purpose:
+        # torch's CPU fused kernel is several times slower there than the two small matmuls here.
+        mask = None if q.shape[-2] == 1 else causal_mask(q.shape[-2], k.shape[-2], q.device)
         return scaled_dot_product_attention(q, k, v, mask)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, num_heads={self.num_heads}, impl={self.impl!r}"
+
+
+def fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Causal attention of the last ``n`` positions (``q``) over all ``m`` (``k``, ``v``) through
+    ``torch.nn.functional.scaled_dot_product_attention``.
+
+    ``n == m`` (training, prefill) passes ``is_causal=True``, which the flash and memory-efficient
+    kernels take on CUDA; a single query (a decoding step) sees every key, so it needs no mask; any
+    other ``n < m`` passes the bottom-right-aligned boolean mask, which the memory-efficient kernel takes.
+    """
+    num_queries, num_keys = q.shape[-2], k.shape[-2]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if num_queries == num_keys:
+        return sdpa(q, k, v, is_causal=True)
+    if num_queries == 1:
+        return sdpa(q, k, v)
+    return sdpa(q, k, v, attn_mask=causal_mask(num_queries, num_keys, q.device))

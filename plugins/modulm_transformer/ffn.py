@@ -1,10 +1,11 @@
-"""Position-wise feed-forward networks: SwiGLU and the plain SiLU ablation."""
+"""Position-wise feed-forward networks: SwiGLU, the plain SiLU ablation and squared ReLU."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from modulm.functional.attention import silu
+from modulm.functional.attention import gated_silu, silu
 from modulm_transformer.layers import Linear
 
 
@@ -18,6 +19,8 @@ class SwiGLU(nn.Module):
 
     ``SwiGLU(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``;
     ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``.
+    ``w1`` and ``w3`` keep their own parameters but run as one matmul against the stacked weights,
+    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`).
     """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
@@ -28,7 +31,8 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(silu(self.w1(x)) * self.w3(x))
+        hidden = torch.matmul(x, torch.cat((self.w1.weight, self.w3.weight)).t())
+        return self.w2(gated_silu(hidden))
 
 
 class SiLUFFN(nn.Module):
@@ -45,3 +49,11 @@ class SiLUFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(silu(self.w1(x)))
+
+
+class ReLU2FFN(SiLUFFN):
+    """``W2(ReLU(W1 x)²)`` (squared ReLU, Primer; modded-nanogpt's MLP): the ungated layout with
+    another activation; ``d_ff`` defaults to ``4 * d_model``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(torch.relu(self.w1(x)).square())

@@ -30,6 +30,8 @@ class RotaryPositionalEmbedding(nn.Module):
         angles = torch.arange(self.max_seq_len, device=device, dtype=torch.float64)[:, None] * inv_freq
         self.register_buffer("cos", angles.cos().float(), persistent=False)  # (max_seq_len, d_k / 2)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # cos + i*sin, derived from the buffers (not one itself: it is rebuilt with them)
+        self._rotations = torch.complex(self.cos, self.sin)
 
     def _apply(self, fn, recurse=True):
         # The tables are derived data: after a move or a cast (model.to(torch.bfloat16)) rebuild
@@ -39,13 +41,10 @@ class RotaryPositionalEmbedding(nn.Module):
         return self
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None) -> Tensor:
-        if token_positions is None:
-            cos, sin = self.cos[: x.shape[-2]], self.sin[: x.shape[-2]]
-        else:
-            cos, sin = self.cos[token_positions], self.sin[token_positions]
-        if torch.compiler.is_compiling():
-            return rotate_pairs(x, cos, sin)  # inductor fuses the real form; it cannot lower complex views
-        return rotate_pairs_complex(x, cos, sin)
+        rows = slice(x.shape[-2]) if token_positions is None else token_positions
+        if torch.compiler.is_compiling():  # inductor fuses the real form; it cannot lower complex views
+            return rotate_pairs(x, self.cos[rows], self.sin[rows])
+        return rotate_by(x, self._rotations[rows])
 
     def extra_repr(self) -> str:
         return f"theta={self.theta}, d_k={self.d_k}, max_seq_len={self.max_seq_len}"
@@ -61,10 +60,16 @@ def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def rotate_pairs_complex(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """:func:`rotate_pairs` as one complex product: the pair is ``x[2i] + i*x[2i+1]``, the rotation
     ``cos + i*sin``. In eager mode that is one kernel (forward and backward) instead of six."""
+    return rotate_by(x, torch.complex(cos, sin))
+
+
+def rotate_by(x: Tensor, rotations: Tensor) -> Tensor:
+    """Multiply each pair ``x[2i] + i*x[2i+1]`` by the complex ``rotations[i]`` (unit modulus for
+    RoPE), computing in at least float32 and returning ``x``'s dtype."""
     pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
         pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers in memory
-    rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin))
+    rotated = torch.view_as_real(torch.view_as_complex(pairs) * rotations)
     return rotated.flatten(-2).to(x.dtype)
 
 
