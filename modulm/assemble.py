@@ -9,67 +9,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from modulm.builders import ComponentBuilder, bind, resolved
 from modulm.errors import RecipeError
-from modulm.registry import Component, Registry
+from modulm.recipe import Recipe, bind_component, load_recipe, recipe_from_dict, validate
+from modulm.registry import Registry
+from modulm.validate import settings_table
+
+__all__ = ["Assembly", "ComponentBuilder", "assemble", "bind", "builder", "cache_dir", "create", "resolved_recipe"]
 
 
-@dataclass
-class ComponentBuilder:
-    """A component with its recipe parameters bound; call it with the injected arguments."""
-
-    component: Component
-    params: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.component.name
-
-    @property
-    def kind(self) -> str:
-        return self.component.kind
-
-    def __call__(self, **injected: Any) -> Any:
-        schema = self.component.schema
-        if not schema.accepts_any:
-            injected = {k: v for k, v in injected.items() if k in schema.injected}
-        return self.component.factory(**self.params, **injected)
-
-    def to_table(self) -> dict[str, Any]:
-        """The resolved recipe table: ``component`` plus every parameter (nested ones as tables)."""
-        table: dict[str, Any] = {"component": self.name}
-        for key, value in self.params.items():
-            table[key] = _resolved(value)
-        return table
-
-    def __repr__(self) -> str:
-        return f"<{self.kind} {self.name!r} from {self.component.plugin!r} {self.params}>"
-
-
-def _resolved(value: Any) -> Any:
-    if isinstance(value, ComponentBuilder):
-        return value.to_table()
-    if isinstance(value, list):
-        return [_resolved(v) for v in value]
-    return value
-
-
-def builder(registry: Registry, kind: str, spec: str | Mapping[str, Any], *, source: str = "<python>", path: str = "") -> ComponentBuilder:
+def builder(registry: Registry, kind: str, spec: str | Mapping[str, Any], *, source: str = "<python>", path: str = "",
+            **injected: Any) -> ComponentBuilder:
     """Validate ``spec`` (a name or a table with ``component``) against the registry and bind it.
 
-    Raises :class:`RecipeError` listing every problem found at any depth.
+    ``injected`` are injected values bound now (see :meth:`ComponentBuilder.bind`), e.g.
+    ``builder(reg, "position", "rope", theta=500000.0)``: the attention that builds it later passes
+    only ``d_k`` and ``context_length``. Raises :class:`RecipeError` listing every problem found
+    at any depth.
     """
-    from modulm.recipe import bind_component  # recipe validation owns the rules
-
     problems: list[str] = []
     bound = bind_component(registry, kind, spec, source=source, path=path or kind, problems=problems)
     if problems:
         raise RecipeError(problems)
     assert bound is not None
-    return bound
+    return bound.bind(**injected) if injected else bound
 
 
 def create(registry: Registry, kind: str, spec: str | Mapping[str, Any], **injected: Any) -> Any:
@@ -81,14 +50,12 @@ def resolved_recipe(bound: Mapping[str, Any]) -> dict[str, Any]:
     """The bound top level of a recipe as plain data: every default filled in, ready for TOML."""
     import dataclasses
 
-    from modulm.validate import settings_table
-
     out: dict[str, Any] = {}
     for key, value in bound.items():
         if dataclasses.is_dataclass(value) and not isinstance(value, ComponentBuilder):
             out[key] = settings_table(value)
         elif value is not None:
-            out[key] = _resolved(value)
+            out[key] = resolved(value)
     return out
 
 
@@ -130,13 +97,13 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     """Validate a recipe (a path, a dict or a :class:`~modulm.recipe.Recipe`) and build its parts.
 
     Order: the process group when launched by torchrun (:mod:`modulm.distributed`), seed, data
-    source (``seed``, ``cache_dir``; rank 0 first), model (``vocab_size`` from the data),
-    optimizer (the model's named parameters), schedule (the optimizer's peak lr, the run length).
+    source (``seed``, ``cache_dir``; rank 0 first), model (``vocab_size`` from the data; sharded
+    here with ``distributed.strategy = "fsdp"``, see :mod:`modulm.strategy`), optimizer (the model's named parameters), schedule (the optimizer's peak lr, the run length).
     """
     from modulm import distributed
     from modulm import plugins as plugin_loading
-    from modulm.recipe import Recipe, load_recipe, recipe_from_dict, validate
     from modulm.runtime import seed_everything
+    from modulm.strategy import strategy
 
     if registry is None:
         registry = plugin_loading.load(plugins).registry
@@ -148,6 +115,9 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     else:
         recipe = load_recipe(recipe, overrides)
     bound = validate(recipe, registry)
+    if os.environ.get("RANK", "0") == "0":  # once per job, not once per process
+        for line in recipe.warnings:
+            print(f"modulm: warning: {line}", file=sys.stderr)
     settings = {key: bound[key] for key in ("training", "checkpointing", "logging", "system", "distributed", "generation")}
     # Under torchrun: join the process group now, so that rank 0 alone builds any data cache first.
     ranks = distributed.setup(settings["distributed"], settings["system"].device)
@@ -155,6 +125,8 @@ def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[
     with distributed.main_first(ranks):
         data = bound["data"](seed=settings["system"].seed, cache_dir=cache_dir())
     model = bound["model"](vocab_size=data.vocab_size)
+    # fsdp shards the model in place here: its optimizer must be built on the sharded parameters
+    model = strategy(settings["distributed"], settings["system"]).prepare(model)
     optimizer = bound["optimizer"](params=list(model.named_parameters()))
     base_lr = optimizer.defaults.get("lr", optimizer.param_groups[0]["lr"])
     schedule = bound["schedule"](base_lr=base_lr, max_iterations=settings["training"].max_iterations)

@@ -109,12 +109,15 @@ class Context:
         data.shard(self.rank, self.world_size)
         return data
 
-    def shard_rows(self, windows: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
-        """This rank's share of the rows of each evaluation batch (``windows`` itself in a single process)."""
+    def shard_rows(self, windows: Iterable[np.ndarray], keep_empty: bool = False) -> Iterable[np.ndarray]:
+        """This rank's share of the rows of each evaluation batch (``windows`` itself in a single process).
+
+        Empty shares are dropped unless ``keep_empty`` (fsdp: every rank must join every forward pass).
+        """
         if not self.enabled:
             return windows
         parts = (np.array_split(window, self.world_size)[self.rank] for window in windows)
-        return (part for part in parts if len(part))
+        return (part for part in parts if len(part) or keep_empty)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module | None:
         """``model`` in DistributedDataParallel (None in a single process).

@@ -6,10 +6,12 @@ class ModulmError(Exception):
 
 
 class RecipeError(ModulmError):
-    """One or more problems in a recipe; ``problems`` holds each as a one-line message."""
+    """One or more problems in a recipe; ``problems`` holds each as a one-line message
+    (``warnings``: the warnings found alongside them, also one line each)."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], warnings: list[str] | None = None) -> None:
         self.problems = list(problems)
+        self.warnings = list(warnings or [])
         count = len(self.problems)
         head = self.problems[0] if count == 1 else f"{count} problems in the recipe:"
         super().__init__(head if count == 1 else head + "\n  " + "\n  ".join(self.problems))

@@ -81,8 +81,9 @@ def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torc
                 continue
             with autocast():
                 logits = model(inputs)
-            total += cross_entropy(logits.float(), targets).item() * targets.numel()
-            count += targets.numel()
+            if targets.numel():  # an empty share still ran the forward pass (fsdp: a collective)
+                total += cross_entropy(logits.float(), targets).item() * targets.numel()
+                count += targets.numel()
     finally:
         model.train(was_training)
     loss = total / count if count else float("nan")

@@ -1,7 +1,8 @@
 """Hook specifications: the whole surface a plugin can implement.
 
-modulm has one hook on purpose. A new kind of component needs no new hook: it is a new
-``kind`` string passed to :meth:`modulm.registry.Registry.add`.
+modulm has two hooks on purpose: one for components and one for command-line subcommands. A new
+kind of component needs no new hook: it is a new ``kind`` string passed to
+:meth:`modulm.registry.Registry.add`.
 """
 
 from __future__ import annotations
@@ -40,4 +41,32 @@ def modulm_register_components(registry):
 
     Names must be unique across plugins: registering a name another plugin already gave is an
     error naming both plugins. Third-party plugins should prefix their names (``acme-…``).
+    """
+
+
+@hookspec(historic=True)
+def modulm_add_commands(subparsers, registry):
+    """Add this plugin's subcommands to the ``modulm`` command line.
+
+    ``subparsers`` is the :mod:`argparse` sub-parser action of ``modulm`` (call
+    ``subparsers.add_parser(NAME, help=...)``); ``registry`` is the invocation's
+    :class:`~modulm.registry.Registry`, already filled, for commands that need a component (look
+    the tokenizer up by kind, never import another plugin). Set ``func`` on the new parser: it is
+    called with the parsed :class:`argparse.Namespace` and returns the exit code. Raise
+    :class:`~modulm.errors.ModulmError` for a user mistake: it prints as one ``modulm: error:``
+    line and exits 2. A plugin blocked with ``-p no:NAME`` adds no commands::
+
+        from modulm import hookimpl
+
+        @hookimpl
+        def modulm_add_commands(subparsers, registry):
+            p = subparsers.add_parser("acme-count", help="count the tokens of a file")
+            p.add_argument("file")
+            p.set_defaults(func=lambda args: count(args.file, registry))
+
+    Every ``modulm`` invocation builds its parser, so keep this hook cheap: import what the
+    command needs inside ``func``, not at the top of the plugin module (``modulm data prepare``
+    starts without importing torch). Command names must not collide with another plugin's or the
+    core's; third-party plugins should prefix theirs (``acme-…``). *Historic* like the component
+    hook: a plugin registered after the parser was built still adds its commands.
     """

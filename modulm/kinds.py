@@ -29,6 +29,7 @@ KINDS: tuple[str, ...] = (
     "data",
     "logger",
     "tokenizer",
+    "exporter",
 )
 
 #: Keyword-only arguments the builder of each kind passes. A factory takes the ones it needs
@@ -46,6 +47,7 @@ INJECTED: dict[str, tuple[str, ...]] = {
     "data": ("seed", "cache_dir"),
     "logger": ("run_dir",),
     "tokenizer": (),
+    "exporter": (),
 }
 
 
@@ -86,6 +88,8 @@ class Model(Protocol):
     only on tokens ``<= t`` (causal), and batch elements are independent. Attributes
     ``vocab_size`` and ``context_length`` are set. Parameters are created on the CPU in float32;
     the trainer moves the model. ``state_dict()`` holds only learnable weights (no derived buffers).
+    Optional: ``layers``, an ``nn.ModuleList`` of the repeated blocks; ``distributed.strategy =
+    "fsdp"`` shards each of them as a unit (without it the model is sharded as one unit).
     Injected: ``vocab_size``.
     """
 
@@ -225,8 +229,9 @@ class Logger(Protocol):
     ``log(event)`` takes a flat mapping with an ``"event"`` key: ``"start"`` (run metadata and
     ``"lines"``, human-readable start-up lines), ``"train"`` (``step, max_steps, loss, lr,
     grad_norm, step_time, tokens_per_sec, tokens, elapsed``), ``"eval"`` (``step, val_loss,
-    val_perplexity, eval_time``, optionally ``val_bpb``), ``"message"`` (``text``, ``level``) and
-    ``"end"``. Unknown events and keys are ignored. ``close()`` flushes and releases files; it is
+    val_perplexity, eval_time``, optionally ``val_bpb``), ``"message"`` (``text``, ``level``),
+    ``"error"`` (``text``: the one-line error that stops the run, also printed on stderr by the
+    command line) and ``"end"``. Unknown events and keys are ignored. ``close()`` flushes and releases files; it is
     safe to call twice. Injected: ``run_dir`` (a ``pathlib.Path`` that exists).
     """
 
@@ -255,6 +260,25 @@ class Tokenizer(Protocol):
     def save(self, directory: Any) -> None: ...
 
 
+@runtime_checkable
+class Exporter(Protocol):
+    """kind ``exporter``: writes a trained model in another tool's format (``modulm export``).
+
+    ``models`` names the model components whose weights it knows how to lay out.
+    ``problems(model_table)`` returns why a resolved ``[model]`` table of one of those cannot be
+    written (empty when it can), so nothing is written for a model the format cannot express.
+    ``export(source, out_dir)`` writes the files into the existing directory ``out_dir`` and
+    returns their names; ``source`` is a :class:`modulm.export.ExportSource` (the checkpoint's
+    weights, resolved recipe, vocabulary size and tokenizer directory). The factory takes no
+    injected arguments.
+    """
+
+    models: tuple[str, ...]
+
+    def problems(self, model_table: Mapping[str, Any]) -> list[str]: ...
+    def export(self, source: Any, out_dir: Any) -> list[str]: ...
+
+
 INTERFACES: dict[str, type] = {
     "model": Model,
     "block": Block,
@@ -267,4 +291,5 @@ INTERFACES: dict[str, type] = {
     "data": DataSource,
     "logger": Logger,
     "tokenizer": Tokenizer,
+    "exporter": Exporter,
 }

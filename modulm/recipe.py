@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from modulm.errors import ModulmError, RecipeError
-from modulm.settings import META_KEYS, recipe_schema
+from modulm.settings import GUIDE_NAMES, META_KEYS, recipe_schema
 from modulm.validate import bind_component, bind_settings, bind_table
 
 if sys.version_info >= (3, 11):
@@ -37,6 +37,7 @@ class Recipe:
     source: str = "<python>"
     origins: dict[tuple, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
+    warnings: list[str] = field(default_factory=list)  # set by validate(): one line each
 
     def origin(self, path: tuple) -> str:
         """The file (or command line) that set ``path`` or its nearest set ancestor."""
@@ -116,40 +117,91 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    """Set ``value`` at ``keys`` in ``data``, creating tables; a numeric key indexes an array."""
+def apply_override(data: dict[str, Any], keys: list[str], value: Any, origins: dict[tuple, str] | None = None) -> None:
+    """Set ``value`` at ``keys`` in ``data``, creating tables; a numeric key indexes an array.
+
+    A bare string on the way (a component named by its name) becomes ``{"component": name}``;
+    any other value on the way, or an index past an array, is a one-line error naming the
+    command line. With ``origins``, every path the override creates or replaces is recorded as
+    coming from the command line (a converted name keeps the origin of its ``component``).
+    """
+    if keys[0] in META_KEYS:
+        raise _override_error(keys, f"{keys[0]!r} cannot be given on the command line; write it in the recipe")
     node: Any = data
     for i, key in enumerate(keys[:-1]):
-        where = ".".join(keys[: i + 1])
+        here, nxt = tuple(keys[: i + 1]), keys[i + 1]
         if isinstance(node, list):
-            node = _index(node, key, where)
+            index = _index_number(node, key, keys, i)
+            node[index] = _as_table(node[index], here, keys, nxt, origins)
+            node = node[index]
             continue
-        if not isinstance(node.get(key, {}), (dict, list)):
-            node[key] = {"component": node[key]} if isinstance(node[key], str) else {}
-        node = node.setdefault(key, {})
+        if key not in node:
+            if nxt.lstrip("-").isdigit():
+                raise _override_error(keys, f"{'.'.join(here)} is not set in the recipe (its default applies), so "
+                                            f"{nxt!r} indexes nothing; write the array out in the recipe first")
+            node[key] = {}
+            _mark(origins, here)
+        else:
+            node[key] = _as_table(node[key], here, keys, nxt, origins)
+        node = node[key]
     last = keys[-1]
     if isinstance(node, list):
-        node[_index_number(node, last, ".".join(keys))] = value
+        node[_index_number(node, last, keys, len(keys) - 1)] = value
     else:
         node[last] = value
+    _mark(origins, tuple(keys))
 
 
-def _index_number(node: list, key: str, where: str) -> int:
+def _mark(origins: dict[tuple, str] | None, path: tuple) -> None:
+    if origins is None:
+        return
+    for known in [p for p in origins if p[: len(path)] == path]:  # what the file set below is gone
+        del origins[known]
+    origins[path] = COMMAND_LINE
+
+
+def _override_error(keys: list[str], message: str) -> ModulmError:
+    return ModulmError(f"{COMMAND_LINE}: override {'.'.join(keys)}: {message}")
+
+
+def _as_table(current: Any, here: tuple, keys: list[str], nxt: str, origins: dict[tuple, str] | None) -> Any:
+    """``current`` as something the override can descend into, or a one-line error."""
+    if isinstance(current, (dict, list)):
+        return current
+    where = ".".join(here)
+    if isinstance(current, str):
+        if origins is not None:
+            source = next((origins[here[:end]] for end in range(len(here), 0, -1) if here[:end] in origins), None)
+            _mark(origins, here)
+            if source is not None:
+                origins[here + ("component",)] = source
+        return {"component": current}
+    shown = {bool: "a boolean", int: "an integer", float: "a float"}.get(type(current), type(current).__name__)
+    raise _override_error(keys, f"{where} is {shown} ({current!r}), not a table, so it has no key {nxt!r}")
+
+
+def _index_number(node: list, key: str, keys: list[str], position: int) -> int:
     if not key.isdigit() or int(key) >= len(node):
-        raise ModulmError(f"override {where}: {key!r} is not an index of an array of {len(node)} entries")
+        where = ".".join(keys[:position]) or "(top level)"
+        size = f"{len(node)} entr{'y' if len(node) == 1 else 'ies'}"
+        valid = f" (0 to {len(node) - 1})" if node else ""
+        raise _override_error(keys, f"{key!r} is not an index of {where}, an array of {size}{valid}")
     return int(key)
 
 
-def _index(node: list, key: str, where: str) -> Any:
-    index = _index_number(node, key, where)
-    if isinstance(node[index], str):
-        node[index] = {"component": node[index]}
-    return node[index]
+RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() in RECIPE_SUFFIXES:
+        raise ModulmError(f"{path}: recipes are TOML files (.toml), not {path.suffix[1:].upper()}; "
+                          "`modulm init recipe.toml` writes a starter recipe to edit")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read ``path`` (following ``extends``) and apply ``overrides`` (``key.path=value``)."""
     path = Path(path)
+    _check_suffix(path)
     layers = _load_layers(path, ())
     data: dict[str, Any] = {}
     origins: dict[tuple, str] = {}
@@ -159,8 +211,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     recipe = Recipe(data, layers[-1][0], origins, path.resolve().parent)
     for text in overrides:
         keys, value = parse_override(text)
-        apply_override(recipe.data, keys, value)
-        recipe.origins[tuple(keys)] = COMMAND_LINE
+        apply_override(recipe.data, keys, value, recipe.origins)
     return recipe
 
 
@@ -176,8 +227,7 @@ def recipe_from_dict(data: Mapping[str, Any], overrides: list[str] | tuple[str, 
     recipe = Recipe(data, "<python>", origins, base_dir)
     for text in overrides:
         keys, value = parse_override(text)
-        apply_override(recipe.data, keys, value)
-        recipe.origins[tuple(keys)] = COMMAND_LINE
+        apply_override(recipe.data, keys, value, recipe.origins)
     return recipe
 
 
@@ -185,10 +235,44 @@ def validate(recipe: Recipe, registry) -> dict[str, Any]:
     """Check the whole recipe against the registry; every problem at once, as a RecipeError.
 
     Returns the bound top level: component builders and settings dataclass instances by key.
+    Warnings (valid but probably not meant) are left in ``recipe.warnings``, one line each.
     """
     problems: list[str] = []
+    warnings: list[str] = []
     data = {k: v for k, v in recipe.data.items() if k not in META_KEYS}
-    bound = bind_table(registry, recipe_schema, data, recipe=recipe, path=(), problems=problems, what="the recipe")
+    bound = bind_table(registry, recipe_schema, data, recipe=recipe, path=(), problems=problems, what="the recipe",
+                       warnings=warnings, key_hint=lambda key: nested_key(key, data, registry))
+    recipe.warnings = warnings
     if problems:
-        raise RecipeError(problems)
+        raise RecipeError(problems, warnings)
     return bound
+
+
+def nested_key(key: str, data: Mapping[str, Any], registry) -> list[str]:
+    """Where an unknown top-level ``key`` belongs: ``batch_size`` -> ``"training.batch_size"``.
+
+    Looks through the settings tables and the components the recipe selects (their defaults when
+    unset), two levels deep; a training-guide name (``learning_rate``) is looked up by its recipe name.
+    """
+    from modulm.schema import schema_of
+
+    wanted = GUIDE_NAMES.get(key, key)
+    found: list[str] = []
+
+    def search(schema, spec: Any, prefix: str, depth: int) -> None:
+        for param in schema.params:
+            here = f"{prefix}.{param.name}"
+            if param.name == wanted and param.settings is None and param.nested is None:
+                found.append(here)
+            if depth == 0:
+                continue
+            if param.settings is not None:
+                search(schema_of(param.settings), {}, here, depth - 1)
+            elif param.nested is not None and not param.nested.many:
+                child = spec.get(param.name, param.default) if isinstance(spec, Mapping) else param.default
+                name = child.get("component", param.default) if isinstance(child, Mapping) else child
+                if isinstance(name, str) and (param.nested.kind, name) in registry:
+                    search(registry.get(param.nested.kind, name).schema, child, here, depth - 1)
+
+    search(schema_of(recipe_schema), data, "", 2)
+    return [f.lstrip(".") for f in found]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import functools
+import importlib
+import re
 from typing import Any, Callable, Iterator
 
 from modulm.errors import ModulmError
@@ -15,15 +17,37 @@ class RegistryError(ModulmError):
     """A component could not be registered or found."""
 
 
-@dataclass(frozen=True)
-class Component:
-    """A registered factory with its provenance."""
+_REFERENCE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
-    kind: str
-    name: str
-    factory: Callable[..., Any]
-    plugin: str
-    schema: Schema = field(repr=False, compare=False)
+
+class Component:
+    """A registered factory with its provenance.
+
+    A factory registered as ``"module:attribute"`` is imported the first time ``factory`` (or
+    ``schema``, ``doc``) is read, so registering costs nothing until the component is used.
+    """
+
+    def __init__(self, kind: str, name: str, factory: Callable[..., Any] | str, plugin: str) -> None:
+        self.kind, self.name, self.plugin = kind, name, plugin
+        self._factory = factory
+
+    @functools.cached_property
+    def factory(self) -> Callable[..., Any]:
+        if not isinstance(self._factory, str):
+            return self._factory
+        module_name, _, attribute = self._factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise RegistryError(f"{self.kind} {self.name!r} from plugin {self.plugin!r}: "
+                                f"cannot import {self._factory!r}: {exc}") from None
+        if not callable(factory):
+            raise RegistryError(f"{self.kind} {self.name!r}: factory {self._factory!r} is not callable")
+        return factory
+
+    @functools.cached_property
+    def schema(self) -> Schema:
+        return schema_of(self.factory)
 
     @property
     def doc(self) -> str:
@@ -31,6 +55,9 @@ class Component:
 
     def __call__(self, **kwargs: Any) -> Any:
         return self.factory(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"Component(kind={self.kind!r}, name={self.name!r}, factory={self._factory!r}, plugin={self.plugin!r})"
 
 
 class Registry:
@@ -45,11 +72,17 @@ class Registry:
         self._current_plugin = current_plugin or (lambda: "<python>")
 
     # -- registration -------------------------------------------------------------------------
-    def add(self, kind: str, name: str, factory: Callable[..., Any], *, plugin: str | None = None) -> Component:
-        """Register ``factory`` as component ``name`` of ``kind``; returns the record."""
+    def add(self, kind: str, name: str, factory: Callable[..., Any] | str, *, plugin: str | None = None) -> Component:
+        """Register ``factory`` as component ``name`` of ``kind``; returns the record.
+
+        ``factory`` is a callable, or ``"module:attribute"`` naming one: imported only when the
+        component is first used (how the built-in plugins keep ``modulm``'s start-up light).
+        """
         if not isinstance(name, str) or not name:
             raise RegistryError(f"component names must be non-empty strings, got {name!r}")
-        if not callable(factory):
+        if isinstance(factory, str) and not _REFERENCE.fullmatch(factory):
+            raise RegistryError(f"{kind} {name!r}: factory {factory!r} is not of the form 'module:attribute'")
+        if not isinstance(factory, str) and not callable(factory):
             raise RegistryError(f"{kind} {name!r}: factory {factory!r} is not callable")
         plugin = plugin or self._current_plugin()
         table = self._by_kind.setdefault(kind, {})
@@ -59,42 +92,47 @@ class Registry:
                 f"{kind} {name!r} is registered twice: by plugin {other!r} and by plugin {plugin!r}"
                 " (third-party plugins should prefix their names)"
             )
-        component = Component(kind, name, factory, plugin, schema_of(factory))
+        component = Component(kind, name, factory, plugin)
+        if not isinstance(factory, str):
+            component.schema  # a callable's signature is checked now, naming the plugin
         table[name] = component
         return component
 
-    def model(self, name: str, factory: Callable[..., Any]) -> Component:
+    def model(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("model", name, factory)
 
-    def block(self, name: str, factory: Callable[..., Any]) -> Component:
+    def block(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("block", name, factory)
 
-    def attention(self, name: str, factory: Callable[..., Any]) -> Component:
+    def attention(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("attention", name, factory)
 
-    def ffn(self, name: str, factory: Callable[..., Any]) -> Component:
+    def ffn(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("ffn", name, factory)
 
-    def norm(self, name: str, factory: Callable[..., Any]) -> Component:
+    def norm(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("norm", name, factory)
 
-    def position(self, name: str, factory: Callable[..., Any]) -> Component:
+    def position(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("position", name, factory)
 
-    def optimizer(self, name: str, factory: Callable[..., Any]) -> Component:
+    def optimizer(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("optimizer", name, factory)
 
-    def schedule(self, name: str, factory: Callable[..., Any]) -> Component:
+    def schedule(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("schedule", name, factory)
 
-    def data(self, name: str, factory: Callable[..., Any]) -> Component:
+    def data(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("data", name, factory)
 
-    def logger(self, name: str, factory: Callable[..., Any]) -> Component:
+    def logger(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("logger", name, factory)
 
-    def tokenizer(self, name: str, factory: Callable[..., Any]) -> Component:
+    def tokenizer(self, name: str, factory: Callable[..., Any] | str) -> Component:
         return self.add("tokenizer", name, factory)
+
+    def exporter(self, name: str, factory: Callable[..., Any] | str) -> Component:
+        return self.add("exporter", name, factory)
 
     def remove_plugin(self, plugin: str) -> None:
         """Forget every component ``plugin`` gave (used when a plugin is unregistered)."""

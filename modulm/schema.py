@@ -9,6 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from modulm.constraints import Rule, constraints_of, describe, rules_of
 from modulm.kinds import NestedKind
 
 REQUIRED = inspect.Parameter.empty
@@ -24,7 +25,10 @@ class Param:
     nested: NestedKind | None = None  # set when the value is a nested component
     settings: type | None = None  # set when the value is a settings table (a dataclass)
     choices: tuple | None = None  # the allowed values of a Literal annotation
+    open_types: tuple[type, ...] = ()  # types the union's other arms accept besides the choices (int | Literal["auto"])
     doc: str = ""
+    constraints: tuple = ()  # annotated-types markers (Ge(1), Interval(gt=0, le=1), ...)
+    items: tuple[type, ...] | None = None  # accepted simple types of an array's elements; None = not checked
 
     @property
     def required(self) -> bool:
@@ -40,6 +44,10 @@ class Param:
         shown = [t for t in self.types if not (t is int and float in self.types)]  # float accepts int
         return " | ".join("None" if t is type(None) else t.__name__ for t in shown)
 
+    def range_text(self) -> str:
+        """The declared range as people write it (``">= 1"``, ``"in (0, 1]"``), or ``""``."""
+        return describe(self.constraints)
+
 
 @dataclass(frozen=True)
 class Schema:
@@ -48,6 +56,7 @@ class Schema:
     params: tuple[Param, ...]
     injected: tuple[str, ...]
     accepts_any: bool = False  # **kwargs in the signature: unknown keys cannot be checked
+    rules: tuple[Rule, ...] = ()  # cross-field rules (modulm.constraints.checks), run after the parameters
 
     def get(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -88,6 +97,22 @@ def _simple_types(annotation: Any) -> tuple[type, ...] | None:
     return None
 
 
+def _item_types(annotation: Any) -> tuple[type, ...] | None:
+    """The simple types a ``list[X]`` annotation (possibly in a union or Annotated) allows its items."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _item_types(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _item_types(arg)
+            if found is not None:
+                return found
+        return None
+    if origin in (list, typing.Sequence) and len(typing.get_args(annotation)) == 1:
+        return _simple_types(typing.get_args(annotation)[0])
+    return None
+
+
 def _nested_marker(annotation: Any) -> NestedKind | None:
     if typing.get_origin(annotation) is typing.Annotated:
         for extra in typing.get_args(annotation)[1:]:
@@ -108,12 +133,36 @@ def literal_choices(annotation: Any) -> tuple | None:
     return None
 
 
+def _open_types(annotation: Any) -> tuple[type, ...]:
+    """In a union holding a ``Literal``, the simple types its non-Literal, non-None arms accept."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType) or literal_choices(annotation) is None:
+        return ()
+    out: list[type] = []
+    for arg in typing.get_args(annotation):
+        if arg is type(None) or typing.get_origin(arg) is typing.Literal:
+            continue
+        out.extend(_simple_types(arg) or ())
+    return tuple(dict.fromkeys(out))
+
+
 def _hints(factory: Callable) -> dict[str, Any]:
-    target = factory.__init__ if inspect.isclass(factory) and not dataclasses.is_dataclass(factory) else factory
     try:
-        return typing.get_type_hints(target, include_extras=True)
+        return typing.get_type_hints(_annotated(factory), include_extras=True)
     except Exception:  # unresolvable forward references: fall back to unchecked types
         return {}
+
+
+def _annotated(factory: Callable) -> Callable:
+    return factory.__init__ if inspect.isclass(factory) and not dataclasses.is_dataclass(factory) else factory
+
+
+def hint_error(factory: Callable) -> str | None:
+    """Why ``factory``'s annotations cannot be resolved (then no type or range is checked), or None."""
+    try:
+        typing.get_type_hints(_annotated(factory), include_extras=True)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def schema_of(factory: Callable) -> Schema:
@@ -140,11 +189,14 @@ def schema_of(factory: Callable) -> Schema:
                 types=_simple_types(annotation),
                 nested=_nested_marker(annotation),
                 choices=literal_choices(annotation),
+                open_types=_open_types(annotation),
                 settings=annotation if dataclasses.is_dataclass(annotation) and isinstance(annotation, type) else None,
                 doc=_param_doc(factory, p.name),
+                constraints=constraints_of(annotation),
+                items=_item_types(annotation),
             )
         )
-    return Schema(tuple(params), tuple(injected), accepts_any)
+    return Schema(tuple(params), tuple(injected), accepts_any, rules_of(factory))
 
 
 def _param_doc(factory: Callable, name: str) -> str:

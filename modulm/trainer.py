@@ -14,8 +14,11 @@ the run directory.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shlex
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,15 +27,21 @@ from typing import Any
 import torch
 
 import modulm
-from modulm import distributed, rundir
-from modulm.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from modulm import distributed, preflight, rundir
+from modulm.checkpoint import rng_state, set_rng_state, unwrap
 from modulm.errors import ModulmError
 from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
-from modulm.fileio import atomic_write_text
+from modulm.fileio import atomic_directory, atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy
 from modulm.runtime import autocast, grad_scaler, resolve_device
+from modulm.strategy import strategy
 from modulm.tomlwrite import dumps
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 class TrainingDiverged(ModulmError):
@@ -47,6 +56,8 @@ class RunResult:
     sample: str = ""
     interrupted: bool = False
     run_dir: Path | None = None
+    stop_signal: str | None = None  # "SIGINT"/"SIGTERM" when a signal stopped the run (exit 130/143)
+    complete: bool = False  # the run was already complete: nothing was done
 
 
 class Trainer:
@@ -60,8 +71,8 @@ class Trainer:
         self.dist = distributed.setup(getattr(assembly, "distributed", None), self.system.device)
         self.device = distributed.device_for(resolve_device(self.system.device), self.dist)
         self.model = unwrap(assembly.model).to(self.device)
-        self.ddp = self.dist.wrap(self.model)  # None in a single process
-        trained = self.model if self.ddp is None else self.ddp
+        self.strategy = strategy(getattr(assembly, "distributed", None), self.system)  # ddp or fsdp
+        trained = self.strategy.wrap(self.model)
         self.forward = torch.compile(trained) if self.system.compile else trained
         self.optimizer, self.schedule = assembly.optimizer, assembly.schedule
         self.data = self.dist.shard_data(assembly.data)
@@ -84,25 +95,56 @@ class Trainer:
         for logger in self.loggers:
             logger.log(event)
 
-    def _start(self) -> Path | None:
-        if hasattr(self.data, "validate"):  # before the run directory exists: bad data writes nothing
-            self.data.validate(self.context_length)
-        run_dir, resume_path = self.dist.on_main(self._prepare_run_dir)
-        self.run_dir = run_dir
-        if self.dist.enabled and resume_path is not None and not resume_path.is_file():
-            raise ModulmError(f"rank {self.dist.rank} cannot read {resume_path}: a multi-node run needs "
-                              "checkpointing.checkpoint_dir on a filesystem every node shares")
-        if self.dist.is_main:
-            self.loggers = [build(run_dir=run_dir) for build in self.a.logger_builders]
-        return resume_path
+    def _start(self) -> tuple[Path | None, bool]:
+        """Preflight (:mod:`modulm.preflight`), then the run directory and the loggers.
 
-    def _prepare_run_dir(self) -> tuple[Path, Path | None]:
-        run_dir, resume_path = rundir.prepare(self.ckpt)
-        atomic_write_text(run_dir / rundir.RECIPE, dumps(self.a.resolved))
+        Nothing is written until every check passed: the data, the run directory, the checkpoint to
+        resume (its tensors and recipe), the components' needs. Returns the checkpoint resumed and
+        whether the run is already complete (then nothing is written at all).
+        """
+        preflight.check_components({"loggers": self.a.logger_builders})
+        plan = self.dist.on_main(lambda: rundir.plan(self.ckpt))
+        self.run_dir, resume_path = plan.run_dir, plan.resume
+        self._notes = [plan.note] if plan.note else []
+        if resume_path is not None:
+            if self.dist.enabled and not resume_path.exists():
+                raise ModulmError(f"rank {self.dist.rank} cannot read {resume_path}: a multi-node run needs "
+                                  "checkpointing.checkpoint_dir on a filesystem every node shares")
+            state = self.strategy.read(resume_path)
+            self._notes += preflight.check_resume(state, resume_path, self.model, self.a.resolved)
+            self._resume(state, resume_path)
+            if self.iteration >= self.training.max_iterations:
+                return resume_path, True
+        if hasattr(self.data, "validate"):  # the last check: a source may cache its scans once it passes
+            self.data.validate(self.context_length)
+        self.dist.on_main(lambda: self._prepare_run_dir(plan))
+        if self.dist.is_main:
+            self.loggers = [build(run_dir=self.run_dir) for build in self.a.logger_builders]
+        return resume_path, False
+
+    def _prepare_run_dir(self, plan: rundir.RunPlan) -> None:
+        run_dir, resume_path = rundir.prepare(plan)
+        recipe = run_dir / rundir.RECIPE
+        if resume_path is not None and recipe.is_file():  # recipe.toml describes the checkpoints: keep the old one
+            try:
+                before = tomllib.loads(recipe.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                before = None
+            if before is None or preflight.recipe_changes(before, self.a.resolved):
+                kept = rundir.keep_recipe_history(run_dir, self.iteration)
+                self._notes.append(f"the recipe used up to iteration {self.iteration} is kept as {kept}")
+        self._write(recipe, lambda: atomic_write_text(recipe, dumps(self.a.resolved)))
         tokenizer = getattr(self.data, "tokenizer", None)
         if tokenizer is not None and hasattr(tokenizer, "save") and not (run_dir / rundir.TOKENIZER).exists():
-            tokenizer.save(run_dir / rundir.TOKENIZER)
-        return run_dir, resume_path
+            self._write(run_dir / rundir.TOKENIZER, lambda: atomic_directory(run_dir / rundir.TOKENIZER, tokenizer.save))
+
+    @staticmethod
+    def _write(path: Path, write: Any, what: str = "write") -> None:
+        """Run ``write()``; a failing disk (full, permission, I/O error) becomes one line naming ``path``."""
+        try:
+            write()
+        except OSError as exc:
+            raise ModulmError(f"{exc.filename or path}: cannot {what}: {exc.strerror or exc}") from None
 
     def _start_lines(self, resume_path: Path | None) -> list[str]:
         params = sum(p.numel() for p in self.model.parameters())
@@ -111,8 +153,9 @@ class Trainer:
         lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
                  f"Using device: {self.device} | dtype: {self.system.dtype} | compile: {self.system.compile}"]
         if self.dist.enabled:
-            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), DistributedDataParallel; "
+            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), {self.strategy.describe()}; "
                          "rank 0 writes the run directory")
+        lines.append(self.strategy.memory(self.model, self.optimizer).line(self.strategy.name, self.dist.world_size))
         lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
         per_step = (f"{self.training.batch_size} sequences" if not self.dist.enabled else
                     f"{self.training.batch_size} sequences per process x {self.dist.world_size} processes")
@@ -122,31 +165,47 @@ class Trainer:
                   f"Run directory: {self.run_dir}"]
         if resume_path is not None:
             lines.append(f"Resuming from {resume_path} at iteration {self.iteration}")
+        lines += getattr(self, "_notes", [])
         lines.append("Starting training loop")
         return lines
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _save(self, path: Path, loss: float | None = None) -> None:
-        """Rank 0 writes; under torchrun every rank calls this (its sampler and RNG states are gathered)."""
+    def _save(self, path: Path, loss: float | None = None) -> Path:
+        """Under torchrun every rank calls this (its sampler and RNG states are gathered); the strategy
+        writes ``path`` (rank 0) or a sharded directory in its place (every rank), and returns it.
+
+        ``meta.loss`` is always the training loss of the last optimizer step before the save (the mean
+        over its micro-batches and ranks; None before the first step of this process): ``loss`` when
+        given, else looked up. A failing write stops the run with one line naming the file and the
+        cause; the previous checkpoints stay as they were and no partial file is left.
+        """
+        if loss is None:
+            loss = self._last_loss()
         per_rank = {}
         if self.dist.enabled:
             data_states, rngs = zip(*self.dist.gather((self.data.state_dict(), rng_state())))
             per_rank = {"distributed": {"world_size": self.dist.world_size, "data": list(data_states), "rng": list(rngs)}}
-        if not self.dist.is_main:
-            return
-        save_checkpoint(
-            self.model, self.optimizer, self.iteration, path, **per_rank,
+        meta = {"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
+                "tokens_seen": self.tokens_seen, "vocab_size": int(self.model.vocab_size),
+                "modulm": modulm.__version__, "torch": str(torch.__version__), "saved_at": time.time()}
+        saved: list[Path] = []
+        self._write(path, lambda: saved.append(self.strategy.save(
+            path, self.model, self.optimizer, self.iteration, **per_rank,
             data=self.data.state_dict(), rng=rng_state(), scaler=self.scaler.state_dict(),
-            best_val_loss=self.best_val_loss, recipe=self.a.resolved,
-            meta={"loss": loss, "lr": self.schedule(max(self.iteration - 1, 0)), "elapsed": self.elapsed,
-                  "tokens_seen": self.tokens_seen, "vocab_size": int(self.model.vocab_size),
-                  "modulm": modulm.__version__, "torch": str(torch.__version__), "saved_at": time.time()},
-        )
+            best_val_loss=self.best_val_loss, recipe=self.a.resolved, meta=meta)), "save the checkpoint")
+        return saved[0]
 
-    def _resume(self, path: Path) -> None:
-        state = read_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def _last_loss(self) -> float | None:
+        result = getattr(self, "_result", None)
+        return result.train_losses.get(self.iteration - 1) if result is not None else None
+
+    def _resume(self, state: dict[str, Any], path: Path) -> None:
+        """Restore every stateful part from a checkpoint already read (and its shapes checked)."""
+        try:
+            self.strategy.restore(state, path, self.model, self.optimizer)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModulmError(f"{path}: its optimizer state does not fit this recipe's optimizer ({exc}); "
+                              "resume with the optimizer it was trained with, or start afresh (--overwrite)") from None
         self.iteration = int(state["iteration"])
         if "data" in state:
             self.data.load_state_dict(self.dist.own_state(state, "data"))
@@ -166,7 +225,7 @@ class Trainer:
         batch = self.micro_batch * self.dist.world_size  # the windows one process would see; each rank takes its rows
         windows = (full_windows(tokens, batch, self.context_length) if full else
                    sampled_windows(tokens, self.logging.eval_iters, batch, self.context_length))
-        result = evaluate(self.forward, self.dist.shard_rows(windows), self.device, self._autocast,
+        result = evaluate(self.forward, self.dist.shard_rows(windows, keep_empty=self.strategy.collective_forward), self.device, self._autocast,
                           self.data.bytes_per_token("val"))
         result = self.dist.reduce_eval(result)
         self._log(event="eval", step=self.iteration, val_loss=result.loss, val_perplexity=result.perplexity,
@@ -175,7 +234,7 @@ class Trainer:
                   tokens=self.tokens_seen, elapsed=self.elapsed)
         if result.loss < self.best_val_loss:
             self.best_val_loss = result.loss
-            self._save(self.run_dir / rundir.BEST, loss=result.loss)
+            self._save(self.run_dir / rundir.BEST)
         return result
 
     # -- one optimizer step -------------------------------------------------------------------
@@ -186,7 +245,7 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro_step in range(self.training.grad_accum_steps):
             inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
-            with self.dist.no_sync(self.ddp, last_micro_step=micro_step == self.training.grad_accum_steps - 1):
+            with self.strategy.no_sync(last_micro_step=micro_step == self.training.grad_accum_steps - 1):
                 with self._autocast():
                     logits = self.forward(inputs)
                 loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
@@ -209,10 +268,13 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> RunResult:
-        resume_path = self._start()
-        if resume_path is not None:
-            self._resume(resume_path)
-        result = RunResult(self.iteration, run_dir=self.run_dir)
+        resume_path, complete = self._start()
+        result = self._result = RunResult(self.iteration, run_dir=self.run_dir)
+        if complete:  # nothing is evaluated, written or logged again
+            result.complete = True
+            if self.dist.is_main:
+                print(preflight.complete_message(self.run_dir, self.iteration, self.training.max_iterations, resume_path))
+            return result
         self._log(event="start", lines=self._start_lines(resume_path), step=self.iteration)
         last_stop = self.training.max_iterations if stop_at is None else min(stop_at, self.training.max_iterations)
         tokens_per_step = self.global_batch * self.context_length
@@ -252,23 +314,51 @@ class Trainer:
             stopped = self._stop_requested()
             if stopped or self.iteration < self.training.max_iterations:
                 result.interrupted = stopped
-                self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
+                result.stop_signal = self._stop_signal or ("SIGTERM" if stopped else None)
+                saved = self._save(self.run_dir / f"checkpoint_{self.iteration}.pt", result.train_losses.get(self.iteration - 1))
                 signal_name = self._stop_signal or "a stop signal on another rank"
                 why = f"received {signal_name}" if stopped else f"stopped at iteration {self.iteration}"
-                self._log(event="message", text=f"{why}; saved checkpoint_{self.iteration}.pt; run the same "
+                self._log(event="message", text=f"{why}; saved {saved.name}; run the same "
                           "command again to resume")
                 return result
             self._save(self.run_dir / rundir.FINAL, result.train_losses.get(self.iteration - 1))
             result.final_eval = self._evaluate(full=self.logging.final_eval == "full")
-            result.sample = self._sample() if self.dist.is_main else ""
+            # under fsdp every forward gathers parameters, so every rank decodes (the same tokens)
+            result.sample = self._sample() if self.dist.is_main or self.strategy.collective_forward else ""
             self._log(event="end", lines=[f"Training complete: {self.iteration} iterations in {self.elapsed:.1f}s "
-                                          f"({self.tokens_seen:,} tokens)"], step=self.iteration)
+                                          f"({self.tokens_seen:,} tokens)", *self._next_steps()], step=self.iteration)
             return result
+        except ModulmError as exc:  # divergence, a failing save: in training.log too, not only on stderr
+            self._log_error(str(exc))
+            raise
+        except OSError as exc:  # a log or metrics file on a full or failing disk
+            message = f"{exc.filename or self.run_dir}: cannot write: {exc.strerror or exc}"
+            self._log_error(message)
+            raise ModulmError(message) from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             for logger in self.loggers:
-                logger.close()
+                with contextlib.suppress(OSError):  # a full disk was reported above
+                    logger.close()
+
+    def _log_error(self, text: str) -> None:
+        with contextlib.suppress(OSError):  # the log itself may be what cannot be written
+            self._log(event="error", level="ERROR", text=text)
+
+    def _next_steps(self) -> list[str]:
+        """Where the run's outputs are and the commands that use them."""
+        run_dir = self.run_dir
+        have = [name for name in (rundir.FINAL, rundir.BEST, rundir.RECIPE, "training.log", "metrics.jsonl")
+                if (run_dir / name).exists()]
+        have += [rundir.TOKENIZER + "/"] if (run_dir / rundir.TOKENIZER).is_dir() else []
+        final = shlex.quote(str(run_dir / rundir.FINAL))
+        lines = [f"Outputs in {run_dir}: {', '.join(have)}", "Next:",
+                 f"  modulm generate {final} --prompt {shlex.quote(self.a.generation.prompt or 'Once upon a time')}"]
+        if (run_dir / "metrics.jsonl").exists():
+            lines.append(f"  modulm plot {shlex.quote(str(run_dir))} --out {shlex.quote(str(run_dir / 'loss.png'))}")
+        lines.append(f"  modulm export {final} {shlex.quote(str(run_dir / 'export'))}")
+        return lines
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signal.Signals(signum).name

@@ -26,7 +26,9 @@ def test_plugins_lists_every_kind_and_builtin(capsys):
         assert f"\n{kind}:\n" in out
     for plugin in ("transformer", "optim", "bpe", "data", "loggers"):
         assert f"  {plugin:<14} modulm 0.1.0" in out
-    assert "  adamw  [optim]  " in out and "lr: float = 0.0003" in out and "(injected: params)" in out
+    assert "  adamw  [optim]  " in out and "lr: float (> 0) = 0.0003" in out and "(injected: params)" in out
+    assert "      (rule: d_model is divisible by num_heads; with RoPE the head width d_model / num_heads is even.)" in out
+    assert "  [training]\n      batch_size: int (>= 1) = 32" in out and "(rule: schedule.min_lr is at most optimizer.lr.)" in out
 
 
 def test_validate_reports_both_problems_with_file_path_and_hint(tmp_path, capsys):
@@ -70,3 +72,66 @@ def test_info_reports_parameters_and_flops(capsys):
     assert main(["info", str(ROOT / "recipes" / "base.toml")]) == 0
     out = capsys.readouterr().out
     assert "vocab_size 4096" in out and "1,840,256" in out and "FLOP" in out
+
+
+def _starter_lines(text: str) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(table, key) -> (value text, the default named by a "starter value" mark or None)."""
+    import re
+
+    table, out = "", {}
+    for line in text.splitlines():
+        if line.startswith("["):
+            table = line.strip("[]")
+        match = re.match(r"^(\w+) = (.*?)(?:  # starter value; default: (.*))?$", line)
+        if match and not line.startswith("#"):
+            out[(table, match.group(1))] = (match.group(2), match.group(3))
+    return out
+
+
+def test_init_writes_the_defaults_except_the_values_it_marks(tmp_path, monkeypatch):
+    from modulm.schema import schema_of
+    from modulm.settings import recipe_schema
+    from modulm.tomlwrite import _value
+    from modulm.validate import copy_default
+    from tests.kit_support import REGISTRY
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "starter.toml"
+    assert main(["init", str(out)]) == 0
+    lines = _starter_lines(out.read_text())
+    schemas = {p.name: schema_of(p.settings) for p in schema_of(recipe_schema).params if p.settings is not None}
+    schemas["model"] = REGISTRY.get("model", "transformer").schema
+    schemas["optimizer"] = REGISTRY.get("optimizer", "adamw").schema
+    schemas["data.tokenizer"] = REGISTRY.get("tokenizer", "bpe").schema
+    marked = set()
+    for (table, key), (value, named_default) in lines.items():
+        param = schemas[table].get(key) if table in schemas else None
+        if param is None or isinstance(param.default, type) or param.required:
+            continue
+        default = _value(copy_default(param.default))
+        if named_default is None:
+            assert value == default, (table, key, value, default)
+        else:
+            assert value != default and named_default == default, (table, key, value, named_default)
+            marked.add(f"{table}.{key}")
+    assert {"training.batch_size", "model.d_model", "data.tokenizer.vocab_size"} <= marked
+
+
+def test_init_outside_the_repository_points_at_the_shipped_corpus_by_absolute_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", "r.toml"]) == 0
+    data = tomllib.loads((tmp_path / "r.toml").read_text())
+    assert Path(data["data"]["train"]).is_absolute() and Path(data["data"]["train"]).is_file()
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_init_says_when_the_corpus_it_names_is_not_there(tmp_path, monkeypatch, capsys):
+    from modulm.cli import init
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(init, "SHIPPED_CORPUS", "data/not-shipped.txt.xz")
+    assert main(["init", "r.toml"]) == 0
+    text = (tmp_path / "r.toml").read_text()
+    assert 'train = "data/not-shipped.txt.xz"\n' + init.MISSING_CORPUS in text
+    err = capsys.readouterr().err
+    assert err.startswith("modulm: warning: r.toml: data.train names the corpus shipped") and len(err.splitlines()) == 1

@@ -268,6 +268,9 @@ d_ff = 32
 batch_size = 2
 max_iterations = 2
 
+[schedule]
+warmup_iters = 1
+
 [checkpointing]
 checkpoint_dir = "run"
 """

@@ -46,7 +46,7 @@ def tiny_recipe(root: Path, run: str, batch_size: int, **changes) -> dict:
         "optimizer": {"component": "adamw", "lr": 3e-3},
         "schedule": {"component": "cosine-warmup", "warmup_iters": 2, "min_lr": 3e-4},
         "training": {"batch_size": batch_size, "max_iterations": 8, "grad_accum_steps": 2},
-        "checkpointing": {"checkpoint_dir": str(root / run), "checkpoint_interval": 4, "keep_last": 0},
+        "checkpointing": {"checkpoint_dir": str(root / run), "checkpoint_interval": 4, "keep_last": 1000},
         "logging": {"log_interval": 1, "eval_interval": 4, "eval_iters": 2},
         "system": {"device": "cpu", "seed": 7},
         "distributed": {"backend": "gloo", "timeout_seconds": 20},
@@ -245,12 +245,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.distributed
-def test_a_stalled_rank_fails_the_others_within_the_timeout(tmp_path):
-    """Without torchrun watching (as across nodes), the collective timeout ends the survivor."""
-    timeout = 4
+def stall_one_rank(tmp_path: Path, timeout: int, **changes) -> tuple[int, str, float]:
+    """Two ranks started by hand (no torchrun watching, as across nodes); rank 1 is stopped with
+    SIGSTOP once training runs. Returns rank 0's exit status, its stderr and how long it lasted."""
     recipe = tiny_recipe(tmp_path, "run", 4, training__max_iterations=10**6, logging__eval_interval=0,
-                         checkpointing__checkpoint_interval=0, distributed__timeout_seconds=timeout)
+                         checkpointing__checkpoint_interval=0, distributed__timeout_seconds=timeout, **changes)
     path = write_recipe(tmp_path, recipe, "r")
     env = {**ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     ranks = [subprocess.Popen([sys.executable, "-m", "modulm", "run", str(path)], stdout=subprocess.DEVNULL,
@@ -266,7 +265,15 @@ def test_a_stalled_rank_fails_the_others_within_the_timeout(tmp_path):
         for process in ranks:
             process.kill()
             process.communicate()
-    assert ranks[0].returncode == 2
+    return ranks[0].returncode, err, waited
+
+
+@pytest.mark.distributed
+def test_a_stalled_rank_fails_the_others_within_the_timeout(tmp_path):
+    """Without torchrun watching (as across nodes), the collective timeout ends the survivor."""
+    timeout = 4
+    returncode, err, waited = stall_one_rank(tmp_path, timeout)
+    assert returncode == 2
     assert "modulm: error: rank 0/2: lost contact with the other ranks" in err
     assert f"distributed.timeout_seconds = {timeout}" in err
     assert timeout - 1 < waited < timeout + 20
@@ -288,7 +295,8 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     finally:
         for process in ranks:
             process.kill()
-    assert [process.returncode for process in ranks] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    # 143 on both: rank 1 received SIGTERM, rank 0 stopped for it (a saved but unfinished run)
+    assert [process.returncode for process in ranks] == [143, 143], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     saved = rundir_checkpoints(tmp_path / "run")
     assert len(saved) == 1
     assert f"received a stop signal on another rank; saved {saved[0].name}" in outputs[0][0]

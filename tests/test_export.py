@@ -14,7 +14,8 @@ import modulm
 from modulm.assemble import builder
 from modulm.cli import main
 from modulm.errors import ModulmError
-from modulm.export import halves_to_pairs, llama_problems, pairs_to_halves
+import modulm_transformer.export as transformer_export
+from modulm_transformer.export import halves_to_pairs, llama_problems, pairs_to_halves
 from modulm_transformer.position import rotate_pairs
 
 VOCAB = 61
@@ -94,7 +95,7 @@ def test_missing_safetensors_names_the_extra(registry, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ModulmError, match=r"pip install 'modulm\[export\]'"):
-        modulm.export.export_safetensors(ckpt, tmp_path / "out")
+        transformer_export.export_safetensors(ckpt, tmp_path / "out")
 
 
 def test_not_a_run_checkpoint_is_a_user_error(tmp_path, capsys):
@@ -177,7 +178,7 @@ def test_exported_directory_loads_back_into_modulm(registry, tmp_path, fmt, tied
     ckpt = tmp_path / "ckpt.pt"
     model = write_checkpoint(ckpt, registry, {**TINY, "tie_embeddings": tied})
     assert main(["export", str(ckpt), "--format", fmt, str(tmp_path / "out")]) == 0
-    loaded = modulm.export.load_exported(tmp_path / "out", registry)
+    loaded = transformer_export.load_exported(tmp_path / "out", registry)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     if tied:

@@ -223,8 +223,9 @@ def test_a_pattern_matching_nothing_is_warned_about():
 
 @pytest.mark.parametrize(
     "params, message",
-    [({"beta1": 1.0}, "beta1 must be in"), ({"lr": -1.0}, "lr must be >= 0"), ({"eps": -1e-8}, "eps"),
-     ({"weight_decay": -0.1}, "weight_decay"), ({"no_decay": [1]}, "glob patterns")],
+    [({"beta1": 1.0}, r"beta1: 1.0 is out of range: must be in \[0, 1\)"), ({"lr": -1.0}, "lr: -1.0 is out of range: must be > 0"),
+     ({"lr": 0.0}, "must be > 0"), ({"eps": -1e-8}, "eps"),
+     ({"weight_decay": -0.1}, "weight_decay"), ({"no_decay": [1]}, "no_decay.0: expected str")],
 )
 def test_bad_settings_are_user_errors(params, message):
     with pytest.raises(ModulmError, match=message):

@@ -82,6 +82,6 @@ def test_state_dict_round_trip_and_registry_build():
 
 
 def test_negative_lr_is_a_user_error():
-    with pytest.raises(ModulmError, match="lr must be >= 0"):
+    with pytest.raises(ModulmError, match="lr: -1.0 is out of range: must be > 0"):
         params = [("w", torch.nn.Parameter(torch.ones(1)))]
         create(builtin_registry(), "optimizer", {"component": "sgd", "lr": -1.0}, params=params)

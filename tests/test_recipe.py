@@ -185,3 +185,89 @@ def test_unknown_key_at_any_depth_is_rejected_and_named(case):
         validate(recipe_from_dict(data), toy_registry())
     assert len(err.value.problems) == 1
     assert f": {dotted}: unknown key" in err.value.problems[0]
+
+
+# -- mistakes people make while typing a recipe or an override ------------------------------------
+CLI_RECIPE = """\
+[data]
+component = "memmap"
+train = "tokens.npy"
+vocab_size = 256
+
+[[loggers]]
+component = "console"
+"""
+
+
+def _validate_cli(tmp_path, capsys, *overrides, text=CLI_RECIPE, name="r.toml"):
+    from modulm.cli import main
+
+    path = write(tmp_path / name, text)
+    code = main(["validate", str(path), *overrides])
+    return code, capsys.readouterr().err.strip().splitlines(), path
+
+
+@pytest.mark.parametrize("extra, suggestion", [("batch_size = 8", "'training.batch_size'"),
+                                               ("learning_rate = 1e-3", "'optimizer.lr'"),
+                                               ("d_model = 64", "'model.d_model'"),
+                                               ("warmup_iters = 5", "'schedule.warmup_iters'")])
+def test_a_nested_key_written_at_the_top_suggests_its_table(tmp_path, capsys, extra, suggestion):
+    code, lines, path = _validate_cli(tmp_path, capsys, text=extra + "\n" + CLI_RECIPE)
+    key = extra.split()[0]
+    assert code == 2 and lines == [f"modulm: error: {path}: {key}: unknown key; did you mean {suggestion}?"]
+
+
+def test_a_nested_key_given_as_an_override_names_the_command_line(tmp_path, capsys):
+    code, lines, _ = _validate_cli(tmp_path, capsys, "batch_size=8")
+    assert code == 2 and lines == ["modulm: error: <command line>: batch_size: unknown key; did you mean 'training.batch_size'?"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])
+def test_a_recipe_that_is_not_toml_says_recipes_are_toml(tmp_path, capsys, suffix):
+    code, lines, path = _validate_cli(tmp_path, capsys, text='{"data": {}}', name="recipe" + suffix)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"modulm: error: {path}: recipes are TOML files") and "modulm init" in lines[0]
+
+
+@pytest.mark.parametrize("override, extra, message", [
+    ("loggers.7.timestamps=false", "", "<command line>: override loggers.7.timestamps: '7' is not an index of loggers, an array of 1 entry (0 to 0)"),
+    ("loggers.x.timestamps=false", "", "<command line>: override loggers.x.timestamps: 'x' is not an index of loggers"),
+    ("schedule.0.x=1", "", "<command line>: override schedule.0.x: schedule is not set in the recipe (its default applies), so '0' indexes nothing"),
+    ("training.batch_size.x=1", "", "<command line>: training.batch_size: expected int, got table {'x': 1}"),
+    ("training.batch_size.x=1", "[training]\nbatch_size = 32\n",
+     "<command line>: override training.batch_size.x: training.batch_size is an integer (32), not a table, so it has no key 'x'"),
+    ("data.vocab_size.x.y=1", "", "<command line>: override data.vocab_size.x.y: data.vocab_size is an integer (256), not a table"),
+    ("loggers.-1.x=1", "", "<command line>: override loggers.-1.x: '-1' is not an index of loggers, an array of 1 entry (0 to 0)"),
+    ("extends=other.toml", "", "<command line>: override extends: 'extends' cannot be given on the command line"),
+    ("loggers.0.timestamps.x=1", "timestamps = true\n",
+     "<command line>: override loggers.0.timestamps.x: loggers.0.timestamps is a boolean (True), not a table"),
+])
+def test_an_override_that_cannot_be_applied_is_one_line_naming_the_command_line(tmp_path, capsys, override, extra, message):
+    code, lines, _ = _validate_cli(tmp_path, capsys, override, text=CLI_RECIPE + extra)
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_problem_inside_a_table_an_override_made_blames_the_command_line(tmp_path, capsys):
+    code, lines, _ = _validate_cli(tmp_path, capsys, "system.device.x=1", "model.ffn.dd_ff=3")
+    assert code == 2 and len(lines) == 2
+    assert all(line.startswith("modulm: error: <command line>: ") for line in lines), lines
+
+
+def test_a_component_named_in_the_file_keeps_blaming_the_file_after_an_override(tmp_path, capsys):
+    text = CLI_RECIPE + '\n[model]\nffn = "swigloo"\n'
+    code, lines, path = _validate_cli(tmp_path, capsys, "model.ffn.x=1", text=text)
+    assert code == 2
+    assert any(line.startswith(f"modulm: error: {path}: model.ffn.component: unknown ffn component 'swigloo'") for line in lines), lines
+
+
+def test_a_misspelt_table_at_the_top_suggests_the_table_not_a_key_of_that_name(tmp_path, capsys):
+    code, lines, _ = _validate_cli(tmp_path, capsys, "train.batch_size=3")
+    assert code == 2 and lines == ["modulm: error: <command line>: train: unknown key; did you mean 'training'?"]
+
+
+def test_array_elements_are_checked_against_the_declared_item_type(tmp_path, capsys):
+    code, lines, _ = _validate_cli(tmp_path, capsys, "optimizer.no_decay=['*norm*', 3]", "data.val=7")
+    assert code == 2 and len(lines) == 2, lines
+    assert lines[0].startswith("modulm: error: <command line>: data.val: expected str | None, got integer 7")
+    assert lines[1] == ("modulm: error: <command line>: optimizer.no_decay.1: expected str, got integer 3 "
+                        "[optimizer 'adamw' from plugin 'optim']")

@@ -10,7 +10,7 @@ from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import (
     format_accounting, forward_flops_per_token, model_accounting, parameter_counts,
 )
-from modulm_transformer.components import silu
+from modulm_transformer.components import silu_ffn as silu
 from modulm_transformer.ffn import swiglu_width
 
 

@@ -26,15 +26,13 @@ def register(subparsers) -> None:
 def load_model_and_tokenizer(checkpoint: str | Path, registry, tokenizer_dir: str | Path | None = None):
     """Rebuild a run's model from the resolved recipe stored in its checkpoint, and its tokenizer."""
     from modulm.assemble import builder
-    from modulm.checkpoint import read_checkpoint
+    from modulm.checkpoint import check_model_state, read_checkpoint, run_model_spec
 
     checkpoint = Path(checkpoint)
     state = read_checkpoint(checkpoint)
-    recipe = state.get("recipe") or {}
-    vocab_size = state.get("meta", {}).get("vocab_size")
-    if "model" not in recipe or vocab_size is None:
-        raise ModulmError(f"{checkpoint}: has no resolved recipe or vocab size; was it written by modulm run?")
-    model = builder(registry, "model", recipe["model"], source=str(checkpoint))(vocab_size=int(vocab_size))
+    recipe, vocab_size = run_model_spec(state, checkpoint)
+    model = builder(registry, "model", recipe["model"], source=str(checkpoint))(vocab_size=vocab_size)
+    check_model_state(state["model"], model, checkpoint)
     model.load_state_dict(state["model"])
     tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else checkpoint.parent / "tokenizer"
     if not tokenizer_dir.is_dir():

@@ -1,7 +1,10 @@
-"""``modulm init [PATH]``: write a commented starter recipe with every setting at its default.
+"""``modulm init [PATH]``: write a commented starter recipe listing every setting.
 
 The text is generated from the registry and the settings dataclasses, so it always lists exactly
-the parameters the installed components accept, each with its one-line doc.
+the parameters the installed components accept, each with its one-line doc and declared range.
+Every value is the documented default except the few the starter sets for a quick first run,
+which say so (``# starter value; default: ...``). The data path is the corpus shipped with the
+repository, written so that it works from where the recipe is run (see :func:`corpus_path`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,28 @@ STARTER = {
 
 HEADER = """\
 # modulm starter recipe, written by `modulm init`.
-# Every setting is shown with its default; delete what you do not change.
+# Every setting is shown with its default, except the values marked "starter value", which are set
+# small for a first run of a few minutes; delete what you do not change.
 # Run it with:  modulm run {path}      (paths are relative to where you run modulm)
 # Override any value on the command line:  modulm run {path} optimizer.lr=1e-3 training.max_iterations=200
 """
+
+MISSING_CORPUS = "# not found from here: point data.train at your own text file (plain or .xz)"
+
+
+def corpus_path(cwd: Path | None = None) -> tuple[str, bool]:
+    """The shipped corpus as a path that works from ``cwd``, and whether it exists.
+
+    Relative when ``cwd`` holds it (a run from the repository), absolute when this modulm comes
+    from a checkout elsewhere, and the relative path (reported as missing) otherwise.
+    """
+    cwd = cwd or Path.cwd()
+    if (cwd / SHIPPED_CORPUS).is_file():
+        return SHIPPED_CORPUS, True
+    checkout = Path(__file__).resolve().parents[2] / SHIPPED_CORPUS
+    if checkout.is_file():
+        return str(checkout), True
+    return SHIPPED_CORPUS, False
 
 
 def register(subparsers) -> None:
@@ -40,6 +61,25 @@ def register(subparsers) -> None:
 
 def _comment(doc: str) -> list[str]:
     return [f"# {doc}"] if doc else []
+
+
+def _param_comment(param) -> list[str]:
+    if param is None:
+        return []
+    shown = f" ({param.range_text()})" if param.constraints else ""
+    return _comment(param.doc + shown if param.doc else shown.strip(" ()"))
+
+
+def _not_default(param, value: Any) -> str:
+    """`` # starter value; default: X`` when ``value`` differs from the parameter's default."""
+    from modulm.schema import REQUIRED
+    from modulm.tomlwrite import _value
+    from modulm.validate import copy_default
+
+    if param is None or param.default is REQUIRED or isinstance(param.default, type) or value == copy_default(param.default):
+        return ""
+    default = "unset" if param.default is None else _value(copy_default(param.default))
+    return f"  # starter value; default: {default}"
 
 
 def _render_table(lines: list[str], header: str, table: dict[str, Any], schema, registry, comment: str = "") -> None:
@@ -59,11 +99,13 @@ def _render_table(lines: list[str], header: str, table: dict[str, Any], schema, 
         if isinstance(value, dict):
             nested_tables.append((key, value, param))
             continue
-        lines.extend(_comment(param.doc if param else ""))
+        lines.extend(_param_comment(param))
         if value is None:  # TOML has no null: show the key, commented out
             lines.append(f"# {_key(key)} =          (unset by default)")
         else:
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{_key(key)} = {_value(value)}{_not_default(param, value)}")
+            if param is not None and param.name == "train" and value == SHIPPED_CORPUS and not corpus_path()[1]:
+                lines.append(MISSING_CORPUS)
     for key, value, param in nested_tables:
         component = registry.get(param.nested.kind, value["component"]) if param and param.nested else None
         _render_table(lines, f"[{header.strip('[]')}.{key}]", value, component.schema if component else None,
@@ -77,7 +119,8 @@ def render(registry) -> str:
     from modulm.schema import schema_of
     from modulm.settings import recipe_schema
 
-    resolved = resolved_recipe(validate(recipe_from_dict(STARTER), registry))
+    starter = {**STARTER, "data": {**STARTER["data"], "train": corpus_path()[0]}}
+    resolved = resolved_recipe(validate(recipe_from_dict(starter), registry))
     top = schema_of(recipe_schema)
     lines: list[str] = [f"name = {resolved.get('name', '')!r}".replace("'", '"')]
     for param in top.params:
@@ -109,4 +152,7 @@ def run(args) -> int:
 
     atomic_write_text(path, text)
     print(f"wrote {path}")
+    if not corpus_path()[1]:
+        print(f"modulm: warning: {path}: data.train names the corpus shipped in modulm's repository ({SHIPPED_CORPUS}), "
+              "which is not here; point it at your own text file", file=sys.stderr)
     return 0

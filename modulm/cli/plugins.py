@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from modulm.cli._common import plugin_manager
-from modulm.schema import REQUIRED
+from modulm.schema import REQUIRED, first_line, schema_of
+from modulm.settings import recipe_schema
 
 
 def register(subparsers) -> None:
@@ -39,9 +40,25 @@ def run(args) -> int:
             print("  (none)")
         for component in components:
             print(f"  {component.name}  [{component.plugin}]  {component.doc}")
-            for param in component.schema.params:
-                doc = f"  {param.doc}" if param.doc else ""
-                print(f"      {param.name}: {param.type_name()} = {_default(param.default)}{doc}")
+            _print_params(component.schema)
             if component.schema.injected:
                 print(f"      (injected: {', '.join(component.schema.injected)})")
+    if not args.kind:
+        print("\nsettings tables:")
+        top = schema_of(recipe_schema)
+        for param in top.params:
+            if param.settings is not None:
+                print(f"  [{param.name}]")
+                _print_params(schema_of(param.settings))
+        print("  (across tables)")
+        _print_params(type(top)((), (), rules=top.rules))
     return 0
+
+
+def _print_params(schema) -> None:
+    for param in schema.params:
+        doc = f"  {param.doc}" if param.doc else ""
+        shown = f" ({param.range_text()})" if param.constraints else ""
+        print(f"      {param.name}: {param.type_name()}{shown} = {_default(param.default)}{doc}")
+    for rule in schema.rules:
+        print(f"      (rule: {first_line(rule) or getattr(rule, '__name__', repr(rule))})")

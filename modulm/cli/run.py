@@ -1,4 +1,8 @@
-"""``modulm run RECIPE [overrides]``: validate, assemble and train; print a sample at the end.
+"""``modulm run RECIPE [overrides]``: validate, preflight, assemble and train; print a sample at the end.
+
+Exit status: 0 when the run finished (or was already complete: then nothing is done), 2 for a user
+mistake or a failing disk (one line; nothing written when preflight found it), 130 / 143 when
+SIGINT / SIGTERM stopped it (after saving a checkpoint that the same command resumes).
 
 ``--nproc N`` trains with N data-parallel processes on this machine: it runs
 ``python -m torch.distributed.run --standalone --nproc_per_node N -m modulm run ...`` (the same as
@@ -28,8 +32,10 @@ def run(args) -> int:
     from modulm import distributed
     from modulm.recipe import load_recipe, validate
 
+    from modulm import preflight
+
     if args.nproc < 1:
-        raise ModulmError(f"--nproc must be >= 1, got {args.nproc}")
+        raise ModulmError(f"--nproc must be >= 1 (the number of processes), got {args.nproc}")
     overrides = list(args.overrides)
     if args.overwrite:
         overrides.append("checkpointing.overwrite=true")
@@ -37,16 +43,30 @@ def run(args) -> int:
         overrides.append(f"checkpointing.resume_from={args.resume!r}")
     pm = plugin_manager(args)
     recipe = load_recipe(args.recipe, overrides)
+    # Before any data is prepared or the run directory touched: recipe, run directory, checkpoint, extras.
+    checked = preflight.before_build(recipe, pm.registry)
+    if checked.complete:
+        max_iterations = validate(recipe, pm.registry)["training"].max_iterations
+        print(preflight.complete_message(checked.plan.run_dir, checked.iteration, max_iterations, checked.plan.resume))
+        return 0
     if args.nproc > 1:
-        validate(recipe, pm.registry)  # recipe mistakes: one line here, not one traceback per process
         return launch(args)
     try:
-        failure = _train(recipe, pm.registry, args.debug)
+        failure, result = _train(recipe, pm.registry, args.debug)
     finally:
         distributed.teardown()
     if failure is not None:
         raise failure
-    return 0
+    return exit_status(result)
+
+
+def exit_status(result) -> int:
+    """0, or 128 + the signal that stopped the run (130 for SIGINT, 143 for SIGTERM)."""
+    import signal
+
+    if result is None or not result.stop_signal:
+        return 0
+    return 128 + int(getattr(signal, result.stop_signal, signal.SIGTERM))
 
 
 def _train(recipe, registry, debug: bool):
@@ -58,13 +78,13 @@ def _train(recipe, registry, debug: bool):
 
     try:
         with distributed.report_lost_ranks():
-            Trainer(assemble(recipe, registry)).run()
+            result = Trainer(assemble(recipe, registry)).run()
     except ModulmError as exc:
         if debug or not distributed.current().enabled:
             raise
         exc.__traceback__ = exc.__cause__ = exc.__context__ = None
-        return exc
-    return None
+        return exc, None
+    return None, result
 
 
 def launch(args) -> int:
@@ -81,9 +101,23 @@ def launch(args) -> int:
     command += ["run", args.recipe, *args.overrides]
     command += ["--overwrite"] if args.overwrite else []
     command += ["--resume", args.resume] if args.resume else []
+    import signal
+
     process = subprocess.Popen(command)
-    while True:
-        try:
-            return process.wait()
-        except KeyboardInterrupt:  # Ctrl-C reaches torchrun and the workers too; wait for their checkpoint
-            continue
+    stopped_by: list[int] = []
+
+    def forward_sigterm(signum, frame):  # the workers save a checkpoint; wait for them
+        stopped_by.append(signum)
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward_sigterm)
+    try:
+        while True:
+            try:
+                code = process.wait()
+                break
+            except KeyboardInterrupt:  # Ctrl-C reaches torchrun and the workers too; wait for their checkpoint
+                stopped_by.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 128 + int(stopped_by[0]) if stopped_by else code

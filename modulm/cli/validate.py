@@ -22,6 +22,8 @@ def run(args) -> int:
     pm = plugin_manager(args)
     recipe = load_recipe(args.recipe, args.overrides)
     bound = validate(recipe, pm.registry)
+    for line in recipe.warnings:
+        print(f"modulm: warning: {line}", file=sys.stderr)
     if args.print_resolved:
         sys.stdout.write(dumps(resolved_recipe(bound)))
     else:

@@ -21,7 +21,8 @@ def clip_gradients(parameters: Iterable[Tensor], max_l2_norm: float, eps: float 
     Parameters whose ``.grad`` is ``None`` are skipped. Returns the norm before clipping, a float32
     0-dim tensor (0 when no parameter has a gradient), so the trainer can log it. Norms are
     accumulated in float32 whatever the gradients' dtype. A non-finite norm scales the gradients
-    to non-finite values; the caller decides what to do with the step.
+    to non-finite values; the caller decides what to do with the step. Sharded ``DTensor``
+    gradients (FSDP) give the norm over all their shards, the same on every process.
     """
     if max_l2_norm < 0:
         raise ValueError(f"clip_gradients: max_l2_norm must be >= 0, got {max_l2_norm}")
@@ -38,6 +39,8 @@ def clip_gradients(parameters: Iterable[Tensor], max_l2_norm: float, eps: float 
         for grads in groups.values()
     ]
     total = torch.stack(squares).sum().sqrt()
+    if hasattr(total, "full_tensor"):  # DTensor (FSDP) gradients: the squares were reduced over every shard
+        total = total.full_tensor()
     if devices == {torch.device("cpu")}:
         norm = total.item()
         if norm >= max_l2_norm:

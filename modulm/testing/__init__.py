@@ -8,6 +8,9 @@ recipe parameters, builds small CPU instances with the injected arguments of its
     from modulm.testing import check_ffn
     check_ffn(MyFFN, {"hidden_multiple": 32})      # or check_ffn("my-ffn", registry=...)
 
+``check_declared_ranges(kind, component, config=None)`` checks, for any kind, that validation
+refuses values outside the ranges a component declares and accepts its defaults.
+
 :mod:`modulm.testing.strategies` holds hypothesis strategies (needs the ``testing`` extra) and
 :mod:`modulm.testing.pytest_plugin` the fixtures ``modulm_pm``, ``register_plugin`` and
 ``run_recipe``. The checks are imported on first use, so importing this package stays cheap.
@@ -15,8 +18,9 @@ recipe parameters, builds small CPU instances with the injected arguments of its
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from modulm.lazy import lazy_attributes
 
 _CHECKS = {
     "check_ffn": "model_checks",
@@ -30,6 +34,7 @@ _CHECKS = {
     "check_data_source": "data_checks",
     "check_logger": "misc_checks",
     "check_tokenizer": "misc_checks",
+    "check_declared_ranges": "schema_checks",
 }
 
 #: The check for each kind, by kind name (``CHECK_FOR_KIND["ffn"] == "check_ffn"``).
@@ -43,10 +48,7 @@ CHECK_FOR_KIND = {
 __all__ = sorted(_CHECKS) + ["CHECK_FOR_KIND", "check_component"]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _CHECKS:
-        return getattr(importlib.import_module(f"modulm.testing.{_CHECKS[name]}"), name)
-    raise AttributeError(f"module 'modulm.testing' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {name: f"modulm.testing.{home}" for name, home in _CHECKS.items()})
 
 
 def check_component(kind: str, component: Any, config: Any = None, **options: Any) -> None:

@@ -21,25 +21,32 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-#: modulm's built-in plugin modules by their entry-point names.
-BUILTIN_PLUGINS = {
-    "transformer": "modulm_transformer",
-    "optim": "modulm_optim",
-    "bpe": "modulm_bpe",
-    "data": "modulm_data",
-    "loggers": "modulm_loggers",
-}
+def builtin_plugins() -> dict[str, str]:
+    """modulm's built-in plugin modules by entry-point name, read from modulm's own entry points."""
+    from importlib import metadata
+
+    from modulm.plugins import ENTRY_POINT_GROUP
+
+    return {ep.name: ep.value for ep in metadata.distribution("modulm").entry_points if ep.group == ENTRY_POINT_GROUP}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUILTIN_PLUGINS":  # read when asked: the pytest plugin itself loads in every pytest run
+        return builtin_plugins()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def builtin_plugin_manager() -> Any:
-    """A plugin manager holding exactly the built-in plugins (no entry points, no env variables)."""
+    """A plugin manager holding exactly the built-in plugins (no other entry points, no env variables)."""
     import importlib
 
     from modulm import plugins
 
     pm = plugins.load(autoload=False, env={})
-    for name, module in BUILTIN_PLUGINS.items():
+    for name, module in builtin_plugins().items():
         pm.register(importlib.import_module(module), name)
+    if not pm.get_plugins():
+        raise RuntimeError(plugins.builtins_missing_message())
     return pm
 
 

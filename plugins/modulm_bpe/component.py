@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Annotated, Any, Iterable, Iterator, Mapping
 
+from annotated_types import Ge, Interval, MinLen
+
+from modulm.constraints import checks, problem
 from modulm.errors import ModulmError
 
 from modulm_bpe.pretokenize import check_special_tokens
@@ -13,17 +16,32 @@ from modulm_bpe.tokenizer import Tokenizer
 from modulm_bpe.train import check_vocab_size, train_bpe
 
 
+def _vocab_holds_bytes_and_specials(p: Mapping[str, Any]) -> list:
+    """special_tokens are distinct non-empty strings; vocab_size >= 256 + their number."""
+    try:
+        specials = check_special_tokens(p["special_tokens"])
+    except ModulmError as exc:
+        return [problem(str(exc), key="special_tokens")]
+    try:
+        check_vocab_size(p["vocab_size"], specials)
+    except ModulmError as exc:
+        return [problem(str(exc), key="vocab_size")]
+    return []
+
+
+@checks(_vocab_holds_bytes_and_specials)
 class BPETokenizer:
     """Byte-level BPE tokenizer (GPT-2 pre-tokenization), loaded from a directory or trained.
 
-    vocab_size: vocabulary size to train to, counting special tokens and the 256 bytes
+    vocab_size: vocabulary size to train to, counting special tokens and the 256 bytes (so at least 256 + the special tokens)
     special_tokens: strings never split and never merged across, e.g. "<|endoftext|>"
     path: directory with vocab.json, merges.txt, special_tokens.json to load; unset: train first
     num_workers: pre-tokenization processes when training; unset picks by input size and CPUs
     """
 
-    def __init__(self, vocab_size: int = 10000, special_tokens: list[str] = ["<|endoftext|>"],  # noqa: B006 (never mutated)
-                 path: str | None = None, num_workers: int | None = None) -> None:
+    def __init__(self, vocab_size: Annotated[int, Interval(ge=256, le=2**32)] = 10000,
+                 special_tokens: list[str] = ["<|endoftext|>"],  # noqa: B006 (never mutated)
+                 path: Annotated[str, MinLen(1)] | None = None, num_workers: Annotated[int, Ge(1)] | None = None) -> None:
         self.special_tokens_requested = check_special_tokens(special_tokens)
         self.target_vocab_size = check_vocab_size(vocab_size, self.special_tokens_requested)
         self.num_workers = num_workers

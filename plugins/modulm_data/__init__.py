@@ -8,24 +8,23 @@ The names are imported on first use, so the dataset utilities (``modulm data pre
 friends, which need numpy but not torch) start without importing torch.
 """
 
-from importlib import import_module
-
 from modulm import hookimpl
+from modulm.lazy import lazy_attributes
 
-_HOMES = {"get_batch": "batching", "MemmapSource": "memmap", "TokenSource": "memmap", "TextSource": "text"}
+_HOMES = {"get_batch": "modulm_data.batching", "MemmapSource": "modulm_data.memmap",
+          "TokenSource": "modulm_data.memmap", "TextSource": "modulm_data.text"}
 __all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+__getattr__ = lazy_attributes(__name__, _HOMES)
 
 
 @hookimpl
 def modulm_register_components(registry):
-    from modulm_data.memmap import MemmapSource
-    from modulm_data.text import TextSource
+    registry.data("memmap", "modulm_data.memmap:MemmapSource")
+    registry.data("text", "modulm_data.text:TextSource")
 
-    registry.data("memmap", MemmapSource)
-    registry.data("text", TextSource)
+
+@hookimpl
+def modulm_add_commands(subparsers, registry):
+    from modulm_data.cli import add_data_command
+
+    add_data_command(subparsers, registry)

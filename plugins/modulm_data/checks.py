@@ -86,8 +86,9 @@ def _write_cache(path: Path, record: dict) -> None:
         pass  # a read-only directory: the scan is simply paid again next time
 
 
-def token_stats(path: str | os.PathLike, array: np.ndarray, use_cache: bool = True) -> TokenStats:
-    """Length and id range of the token file at ``path`` (opened as ``array``), cached beside it."""
+def token_stats(path: str | os.PathLike, array: np.ndarray, use_cache: bool = True, save: bool = True) -> TokenStats:
+    """Length and id range of the token file at ``path`` (opened as ``array``), cached beside it
+    (read from the cache when ``use_cache``; a new scan written to it when ``save`` too)."""
     path = Path(path)
     key = _fingerprint(path, array)
     cached = _read_cache(path, key) if use_cache else None
@@ -99,11 +100,21 @@ def token_stats(path: str | os.PathLike, array: np.ndarray, use_cache: bool = Tr
         low = c_low if low is None else min(low, c_low)
         high = c_high if high is None else max(high, c_high)
     stats = TokenStats(len(array), int(low), int(high))
-    if use_cache:
-        record = cached or {"key": key}
-        record["stats"] = asdict(stats)
-        _write_cache(path, record)
+    if use_cache and save:
+        remember_stats(path, array, stats)
     return stats
+
+
+def remember_stats(path: str | os.PathLike, array: np.ndarray, stats: TokenStats) -> None:
+    """Write a scan's result to the cache beside ``path`` (a no-op when it is already there)."""
+    path = Path(path)
+    key = _fingerprint(path, array)
+    cached = _read_cache(path, key)
+    if cached is not None and cached.get("stats") == asdict(stats):
+        return
+    record = cached or {"key": key}
+    record["stats"] = asdict(stats)
+    _write_cache(path, record)
 
 
 def first_where(path: Path, array: np.ndarray, bad: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int] | None:
@@ -115,10 +126,13 @@ def first_where(path: Path, array: np.ndarray, bad: Callable[[np.ndarray], np.nd
     return None
 
 
-def check_ids(path: str | os.PathLike, array: np.ndarray, vocab_size: int, use_cache: bool = True) -> TokenStats:
-    """Raise a one-line error unless every id in the file is in ``[0, vocab_size)``."""
+def check_ids(path: str | os.PathLike, array: np.ndarray, vocab_size: int, use_cache: bool = True,
+              save: bool = True) -> TokenStats:
+    """Raise a one-line error unless every id in the file is in ``[0, vocab_size)``.
+
+    The scan is cached only when the file passes (and ``save``): a failed check writes nothing."""
     path = Path(path)
-    stats = token_stats(path, array, use_cache)
+    stats = token_stats(path, array, use_cache, save=False)
     if stats.min_id < 0:
         found = first_where(path, array, lambda c: c < 0)
         offset, value = found if found else ("?", stats.min_id)
@@ -127,6 +141,8 @@ def check_ids(path: str | os.PathLike, array: np.ndarray, vocab_size: int, use_c
         found = first_where(path, array, lambda c: c >= vocab_size)
         offset, value = found if found else ("?", stats.max_id)
         raise ModulmError(f"{path}: token id {value} at offset {offset} >= vocab_size {vocab_size}")
+    if use_cache and save:
+        remember_stats(path, array, stats)
     return stats
 
 

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 import numpy as np
 import torch
+from annotated_types import Interval, MinLen
 
+from modulm.constraints import checks, problem
 from modulm.errors import ModulmError
 from modulm_data.batching import FileWindows, sample_starts, to_device
-from modulm_data.checks import check_ids, count_bytes
+from modulm_data.checks import check_ids, count_bytes, remember_stats
 from modulm_data.tokenfile import open_token_file
 from modulm_data.tokenizers import byte_lengths, fingerprint, load_tokenizer
 
 SPLITS = ("train", "val")
+MAX_VOCAB = 2**32  # the largest vocabulary whose ids a uint32 token file (what `auto` writes) holds
 _SAMPLE_TOKENS = 1 << 20  # tokens decoded to estimate bytes/token when exact lengths are unknown
 
 
@@ -43,6 +46,7 @@ class TokenSource:
         self._generators = {split: torch.Generator().manual_seed(split_seed(seed, split)) for split in self.splits}
         self._bytes_per_token: dict[str, float | None] = {}
         self._rank, self._world_size = 0, 1
+        self._unsaved_stats: dict[str, Any] = {}  # scans cached once validate() passed: a failed start writes nothing
 
     # -- the DataSource contract ------------------------------------------------------------
     def tokens(self, split: str) -> np.ndarray:
@@ -54,9 +58,21 @@ class TokenSource:
         return self._arrays[split]
 
     def validate(self, context_length: int) -> None:
-        """Raise a one-line error unless every split holds at least ``context_length + 1`` tokens."""
+        """Raise a one-line error unless every split holds at least ``context_length + 1`` tokens.
+
+        Called by the trainer's preflight, before anything is written; once every check passed, the
+        id scans made when the files were opened are cached beside them.
+        """
         for split in self.splits:
             self._check_length(split, context_length)
+        for split, stats in self._unsaved_stats.items():
+            remember_stats(self.files[split], self.tokens(split), stats)
+        self._unsaved_stats.clear()
+
+    def _check_ids(self) -> None:
+        """Every split's ids below vocab_size (one-line error otherwise); the scans wait for validate()."""
+        for split in self.splits:
+            self._unsaved_stats[split] = check_ids(self.files[split], self.tokens(split), self.vocab_size, save=False)
 
     def get_batch(self, split: str, batch_size: int, context_length: int, device: Any = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)`` int64 ``(batch_size, context_length)`` windows of ``split`` on ``device``."""
@@ -128,11 +144,28 @@ class TokenSource:
         return len(self.tokenizer.decode(sample).encode("utf-8")) / len(sample)
 
 
+def vocab_fits_dtype(p: Mapping[str, Any], vocab_size: Any) -> list:
+    """An explicit token dtype must hold every id below ``vocab_size`` (shared with ``text``)."""
+    dtype = p["dtype"]
+    if dtype == "auto" or not isinstance(vocab_size, int):
+        return []
+    largest = int(np.iinfo(np.dtype(dtype)).max)
+    if vocab_size - 1 > largest:
+        return [problem(f"{dtype} holds token ids up to {largest}, too few for vocab_size {vocab_size}", key="dtype")]
+    return []
+
+
+def _vocab_fits_memmap_dtype(p: Mapping[str, Any]) -> list:
+    """an explicit dtype holds every id below vocab_size."""
+    return vocab_fits_dtype(p, p["vocab_size"])
+
+
+@checks(_vocab_fits_memmap_dtype)
 class MemmapSource(TokenSource):
     """Token files (.npy, or raw .bin with an explicit dtype), memory-mapped and sampled uniformly.
 
     train: path of the training token file (.npy, or a raw file with dtype set)
-    vocab_size: size of the vocabulary; every token id must be below it
+    vocab_size: size of the vocabulary; every token id must be below it (and fit an explicit dtype)
     val: path of the validation token file (optional)
     dtype: "auto" (the .npy header's dtype) or uint16, uint32, int32, int64; required for raw files, must match a .npy header
     tokenizer: directory of the saved tokenizer that made the ids (optional; gives bits per byte and decoded samples)
@@ -140,11 +173,11 @@ class MemmapSource(TokenSource):
 
     def __init__(
         self,
-        train: str,
-        vocab_size: int,
-        val: str | None = None,
+        train: Annotated[str, MinLen(1)],
+        vocab_size: Annotated[int, Interval(ge=1, le=MAX_VOCAB)],
+        val: Annotated[str, MinLen(1)] | None = None,
         dtype: Literal["auto", "uint16", "uint32", "int32", "int64"] = "auto",
-        tokenizer: str | None = None,
+        tokenizer: Annotated[str, MinLen(1)] | None = None,
         *,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
@@ -158,8 +191,7 @@ class MemmapSource(TokenSource):
         self.tokenizer_dir = Path(tokenizer) if tokenizer else None
         loaded = load_tokenizer(self.tokenizer_dir) if self.tokenizer_dir else None
         super().__init__(files, vocab_size, seed, loaded)
-        for split in self.splits:  # fail before training: missing, empty, wrong dtype, bad ids
-            check_ids(self.files[split], self.tokens(split), self.vocab_size)
+        self._check_ids()  # fail before training: missing, empty, wrong dtype, bad ids
 
     def _open(self, split: str) -> np.ndarray:
         return open_token_file(self.files[split], self.dtype)

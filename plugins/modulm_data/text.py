@@ -19,13 +19,17 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal, Mapping
+
+from annotated_types import Ge, Interval, MinLen
 
 from modulm import nested
+from modulm.constraints import checks
 from modulm.errors import ModulmError
+from modulm.fileio import plain_copy
 from modulm_data.checks import check_ids
-from modulm_data.documents import check_text_file, read_blocks, split_documents
-from modulm_data.memmap import TokenSource
+from modulm_data.documents import check_text_file, split_documents
+from modulm_data.memmap import TokenSource, vocab_fits_dtype
 from modulm_data.prepare import CHUNK_CHARS, default_workers, encode_files
 from modulm_data.tokenfile import TOKEN_DTYPES, make_readable, storage_dtype, write_json_atomic
 from modulm_data.tokenizers import fingerprint
@@ -85,17 +89,12 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _decompressed(path: Path, work: Path) -> Path:
-    """``path`` itself when plain, else a decompressed copy in ``work`` (tokenizer training reads plain files)."""
-    if path.suffix != ".xz":
-        return path
-    target = work / f"{len(list(work.iterdir()))}-{path.stem}"
-    with open(target, "w", encoding="utf-8", newline="") as out:
-        for block in read_blocks(path):
-            out.write(block)
-    return target
+def _vocab_fits_text_dtype(p: Mapping[str, Any]) -> list:
+    """an explicit dtype holds every id below the tokenizer's vocab_size."""
+    return vocab_fits_dtype(p, getattr(p["tokenizer"], "params", {}).get("vocab_size"))
 
 
+@checks(_vocab_fits_text_dtype)
 class TextSource(TokenSource):
     """Raw text files (plain or .xz) tokenized once into cached token files, then sampled like memmap.
 
@@ -110,13 +109,13 @@ class TextSource(TokenSource):
 
     def __init__(
         self,
-        train: str | list[str],
-        val: str | list[str] | None = None,
-        val_fraction: float = 0.1,
+        train: Annotated[str | list[str], MinLen(1)],
+        val: Annotated[str | list[str], MinLen(1)] | None = None,
+        val_fraction: Annotated[float, Interval(ge=0, lt=1)] = 0.1,
         tokenizer: nested("tokenizer") = "bpe",
-        document_separator: str = "<|endoftext|>",
+        document_separator: Annotated[str, MinLen(1)] = "<|endoftext|>",
         dtype: Literal["auto", "uint16", "uint32", "int32", "int64"] = "auto",
-        workers: int | None = None,
+        workers: Annotated[int, Ge(1)] | None = None,
         *,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
@@ -155,8 +154,7 @@ class TextSource(TokenSource):
             tok = type(tok).load(self.entry / "tokenizer")
         files = {split: self.entry / f"{split}.npy" for split in self.meta["tokens"]}
         super().__init__(files, int(tok.vocab_size), seed, tok)
-        for split in self.splits:
-            check_ids(self.files[split], self.tokens(split), self.vocab_size)
+        self._check_ids()
 
     # -- preparation ------------------------------------------------------------------------
     def _cache_key(self, tok: Any, tok_settings: dict) -> str:
@@ -187,7 +185,7 @@ class TextSource(TokenSource):
                 documents = {"train": split.train_documents, "val": split.val_documents}
             if self.trained_here:
                 print(f"modulm: training the tokenizer on {', '.join(map(str, self.train_paths))}", file=sys.stderr)
-                tok.train([str(_decompressed(p, scratch)) for p in train_paths])
+                tok.train([str(plain_copy(p, scratch)) for p in train_paths])
             tok.save(work / "tokenizer")
             token_dtype = storage_dtype(int(tok.vocab_size), self.dtype)
             tokens, sizes = {}, {}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from modulm.errors import ModulmError
+from modulm.fileio import umask
 
 #: The dtypes a token file may hold.
 TOKEN_DTYPES: tuple[str, ...] = ("uint16", "uint32", "int32", "int64")
@@ -101,15 +102,9 @@ def storage_dtype(vocab_size: int, dtype: str = "auto") -> np.dtype:
 
 
 # -- writing ----------------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def make_readable(path: str | os.PathLike, directory: bool = False) -> None:
     """Give a file made by ``mkstemp``/``mkdtemp`` (private, 0600/0700) the usual umask permissions."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
 
 
 _HEADER_BYTES = 128  # a fixed-size v1.0 header, so the length can be filled in at the end

@@ -13,17 +13,30 @@ import numpy as np
 from modulm.errors import ModulmError
 
 
-def load_tokenizer(directory: str | os.PathLike) -> Any:
-    """Load a tokenizer saved by the built-in BPE plugin from ``directory``."""
+def load_tokenizer(directory: str | os.PathLike, registry: Any = None, component: str | None = None) -> Any:
+    """Load a saved tokenizer from ``directory`` with ``load`` of a ``tokenizer`` component.
+
+    ``component`` names it (default: the only tokenizer registered, else ``bpe``); ``registry``
+    defaults to a freshly loaded one. No plugin is imported by name: a third-party tokenizer
+    serves as well as the built-in one.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ModulmError(f"{directory}: tokenizer directory not found")
+    if registry is None:
+        from modulm.plugins import load
+
+        registry = load().registry
+    names = registry.names("tokenizer")
+    name = component or (names[0] if len(names) == 1 else "bpe")
+    if ("tokenizer", name) not in registry:
+        raise ModulmError(f"{directory}: cannot load a tokenizer: {registry.unknown_message('tokenizer', name)}")
+    entry = registry.get("tokenizer", name)
+    loader = getattr(entry.factory, "load", None)
+    if loader is None:
+        raise ModulmError(f"{directory}: tokenizer {name!r} from plugin {entry.plugin!r} cannot load a saved directory")
     try:
-        from modulm_bpe import Tokenizer
-    except ImportError as exc:
-        raise ModulmError(f"{directory}: cannot load a tokenizer: the modulm_bpe plugin is unavailable ({exc})") from None
-    try:
-        return Tokenizer.load(directory)
+        return loader(directory)
     except ModulmError:
         raise
     except Exception as exc:  # a corrupt or foreign directory

@@ -6,14 +6,20 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from annotated_types import MinLen
 
 from modulm import hookimpl
+from modulm.lazy import lazy_attributes
 from modulm_loggers.format import event_text, stamped
+
+__all__ = ["ConsoleLogger", "FileLogger", "JsonlLogger", "TensorBoardLogger", "WandbLogger"]
+__getattr__ = lazy_attributes(__name__, {"TensorBoardLogger": "modulm_loggers.trackers", "WandbLogger": "modulm_loggers.trackers"})
 
 
 class ConsoleLogger:
-    """Print the training guide's log lines to the terminal.
+    """Print the training guide's log lines to the terminal (not ``error`` events: the CLI prints those).
 
     timestamps: prefix each line with the time and level, as the training guide shows
     stream: "stdout" or "stderr"
@@ -24,6 +30,8 @@ class ConsoleLogger:
         self.stream = stream
 
     def log(self, event: Mapping[str, Any]) -> None:
+        if event.get("event") == "error":  # the command line prints errors itself, on stderr
+            return
         out = sys.stdout if self.stream == "stdout" else sys.stderr
         level = str(event.get("level", "INFO"))
         for line in event_text(event):
@@ -39,7 +47,7 @@ class FileLogger:
     filename: file name inside the run directory
     """
 
-    def __init__(self, filename: str = "training.log", *, run_dir: Path):
+    def __init__(self, filename: Annotated[str, MinLen(1)] = "training.log", *, run_dir: Path):
         self.path = Path(run_dir) / filename
         self._file = self.path.open("a", encoding="utf-8")
 
@@ -69,7 +77,7 @@ class JsonlLogger:
 
     EVENTS = ("train", "eval")
 
-    def __init__(self, filename: str = "metrics.jsonl", *, run_dir: Path):
+    def __init__(self, filename: Annotated[str, MinLen(1)] = "metrics.jsonl", *, run_dir: Path):
         self.path = Path(run_dir) / filename
         self._file = self.path.open("a", encoding="utf-8")
 
@@ -89,6 +97,5 @@ def modulm_register_components(registry):
     registry.logger("console", ConsoleLogger)
     registry.logger("file", FileLogger)
     registry.logger("jsonl", JsonlLogger)
-    from modulm_loggers.trackers import TensorBoardLogger, WandbLogger
-    registry.logger("wandb", WandbLogger)
-    registry.logger("tensorboard", TensorBoardLogger)
+    registry.logger("wandb", "modulm_loggers.trackers:WandbLogger")
+    registry.logger("tensorboard", "modulm_loggers.trackers:TensorBoardLogger")

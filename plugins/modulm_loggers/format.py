@@ -30,7 +30,7 @@ def event_text(event: Mapping[str, Any]) -> list[str]:
             parts.append(f"{event.get('scope', 'sampled')} over {event['split_size']:,} tokens")
         parts.append(f"Eval time: {event.get('eval_time', 0.0):.2f}s")
         return [" | ".join(parts)]
-    if kind == "message":
+    if kind in ("message", "error"):
         return str(event.get("text", "")).splitlines() or [""]
     if kind == "end":
         return list(event.get("lines", ()))

@@ -11,7 +11,9 @@ import importlib
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+from annotated_types import MinLen
 
 from modulm.errors import ModulmError
 
@@ -26,6 +28,15 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError:
         raise ModulmError(f"the {extra} logger needs the {extra} package: pip install 'modulm[{extra}]'") from None
+
+
+def missing(module: str, extra: str) -> list[str]:
+    """The one-line problem when ``module`` cannot be imported (a component ``preflight`` hook's answer)."""
+    try:
+        require(module, extra)
+    except ModulmError as exc:
+        return [str(exc)]
+    return []
 
 
 def scalars(event: Mapping[str, Any]) -> dict[str, float]:
@@ -57,7 +68,7 @@ class WandbLogger:
     tags: tags for the run
     """
 
-    def __init__(self, project: str = "modulm", name: str | None = None, entity: str | None = None,
+    def __init__(self, project: Annotated[str, MinLen(1)] = "modulm", name: str | None = None, entity: str | None = None,
                  mode: Literal["online", "offline", "disabled"] | None = None, tags: list[str] | None = None,
                  *, run_dir: Path):
         self._wandb = require("wandb", "wandb")
@@ -65,6 +76,11 @@ class WandbLogger:
         self._settings = dict(project=project, name=name or self.run_dir.name, entity=entity, mode=mode,
                               tags=list(tags or []), dir=str(self.run_dir))
         self.run = None
+
+    @staticmethod
+    def preflight(params: Mapping[str, Any]) -> list[str]:
+        """Before the run directory is written: is wandb installed?"""
+        return missing("wandb", "wandb")
 
     def _start(self) -> None:
         # Started on the first event, once the trainer has written recipe.toml, so the run's
@@ -92,13 +108,18 @@ class TensorBoardLogger:
     subdir: directory inside the run directory for the event files (point `tensorboard --logdir` at it)
     """
 
-    def __init__(self, subdir: str = "tensorboard", *, run_dir: Path):
+    def __init__(self, subdir: Annotated[str, MinLen(1)] = "tensorboard", *, run_dir: Path):
         require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(run_dir) / subdir
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
         self._closed = False
+
+    @staticmethod
+    def preflight(params: Mapping[str, Any]) -> list[str]:
+        """Before the run directory is written: is tensorboard installed?"""
+        return missing("tensorboard", "tensorboard")
 
     def log(self, event: Mapping[str, Any]) -> None:
         if self._closed:

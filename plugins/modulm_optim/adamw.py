@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable
 
 import torch
+from annotated_types import Ge, Gt, Interval
 from torch import Tensor
 
 from modulm.errors import ModulmError
@@ -116,11 +117,11 @@ class AdamW(torch.optim.Optimizer):
 
 
 def adamw(
-    lr: float = 3e-4,
-    beta1: float = 0.9,
-    beta2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.1,
+    lr: Annotated[float, Gt(0)] = 3e-4,
+    beta1: Annotated[float, Interval(ge=0, lt=1)] = 0.9,
+    beta2: Annotated[float, Interval(ge=0, lt=1)] = 0.999,
+    eps: Annotated[float, Gt(0)] = 1e-8,
+    weight_decay: Annotated[float, Ge(0)] = 0.1,
     no_decay: list[str] = (),
     *,
     params: Iterable[Any],

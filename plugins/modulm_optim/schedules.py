@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal, Mapping
 
+from annotated_types import Ge, Interval
+
+from modulm.constraints import checks, warning
 from modulm.errors import ModulmError
 
 
@@ -72,17 +75,27 @@ class CosineWarmup:
         return get_lr_cosine_schedule(iteration, self.base_lr, self.min_lr, self.warmup_iters, self.cosine_cycle_iters)
 
 
+def _cycle_after_warmup(p: Mapping[str, Any]) -> list:
+    """warning: cosine_cycle_iters <= warmup_iters (no cosine decay at all)."""
+    cycle, warmup = p["cosine_cycle_iters"], p["warmup_iters"]
+    if cycle is not None and cycle <= warmup:
+        return [warning(f"{cycle} <= warmup_iters ({warmup}): the learning rate drops to min_lr right after warm-up, "
+                        "with no cosine decay", key="cosine_cycle_iters")]
+    return []
+
+
+@checks(_cycle_after_warmup)
 def cosine_warmup(
-    warmup_iters: int = 100,
-    min_lr: float = 3e-5,
-    cosine_cycle_iters: int | None = None,
+    warmup_iters: Annotated[int, Ge(0)] = 100,
+    min_lr: Annotated[float, Ge(0)] = 3e-5,
+    cosine_cycle_iters: Annotated[int, Ge(1)] | None = None,
     *,
     base_lr: float,
     max_iterations: int,
 ) -> CosineWarmup:
     """Linear warm-up from 0 to lr, cosine decay to min_lr, then min_lr (CS336 §4.4).
 
-    warmup_iters: iterations of linear warm-up from 0 (at iteration 0) to the optimizer's lr
+    warmup_iters: iterations of linear warm-up from 0 (at iteration 0) to the optimizer's lr (0: none)
     min_lr: learning rate at the end of the cosine cycle and afterwards
     cosine_cycle_iters: iteration where the cosine reaches min_lr (default: the run's max_iterations)
     """
@@ -132,17 +145,17 @@ class WarmupStableDecay:
 
 
 def wsd(
-    warmup_iters: int = 100,
-    decay_fraction: float = 0.2,
+    warmup_iters: Annotated[int, Ge(0)] = 100,
+    decay_fraction: Annotated[float, Interval(ge=0, le=1)] = 0.2,
     decay_shape: Literal["linear", "cosine"] = "linear",
-    min_lr: float = 3e-5,
+    min_lr: Annotated[float, Ge(0)] = 3e-5,
     *,
     base_lr: float,
     max_iterations: int,
 ) -> WarmupStableDecay:
     """Warm-up, stable at lr, then decay to min_lr over the run's last decay_fraction.
 
-    warmup_iters: iterations of linear warm-up from 0 (at iteration 0) to the optimizer's lr
+    warmup_iters: iterations of linear warm-up from 0 (at iteration 0) to the optimizer's lr (0: none)
     decay_fraction: share of max_iterations, at the end of the run, spent decaying (never before warm-up ends)
     decay_shape: "linear" or "cosine" (half a cosine wave) from lr down to min_lr
     min_lr: learning rate at max_iterations and afterwards

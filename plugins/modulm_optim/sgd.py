@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable
 
 import torch
+from annotated_types import Gt
 from torch import Tensor
 
 from modulm.errors import ModulmError
@@ -52,7 +53,7 @@ class SGD(torch.optim.Optimizer):
         return loss
 
 
-def sgd(lr: float = 1e-3, *, params: Iterable[Any]) -> SGD:
+def sgd(lr: Annotated[float, Gt(0)] = 1e-3, *, params: Iterable[Any]) -> SGD:
     """SGD with step lr / sqrt(t + 1) at the t-th update (CS336 §4.2's example).
 
     lr: learning rate before the 1/sqrt(t + 1) decay (the schedule scales it each step)

@@ -1,35 +1,46 @@
 """modulm built-in plugin ``transformer``: the CS336 Transformer LM and each of its parts.
 
-Every part is registered under its kind so a recipe can swap it (see docs/components.md).
+Every part is registered under its kind so a recipe can swap it (see docs/components.md); the
+``hf-llama`` and ``safetensors`` exporters write a trained model for other tools. The classes
+below are imported on first use, so loading the plugin does not import torch.
 """
 
 from modulm import hookimpl
-from modulm_transformer import components
-from modulm_transformer.attention import CausalSelfAttention
-from modulm_transformer.blocks import PostNormBlock, PreNormBlock
-from modulm_transformer.cache import KVCache
-from modulm_transformer.ffn import SiLUFFN, SwiGLU
-from modulm_transformer.layers import Embedding, Linear
-from modulm_transformer.model import TransformerLM, transformer
-from modulm_transformer.norms import Identity, RMSNorm
-from modulm_transformer.position import NoPositionalEmbedding, RotaryPositionalEmbedding
+from modulm.lazy import lazy_attributes
 
-__all__ = [
-    "CausalSelfAttention", "Embedding", "Identity", "KVCache", "Linear", "NoPositionalEmbedding",
-    "PostNormBlock", "PreNormBlock", "RMSNorm", "RotaryPositionalEmbedding", "SiLUFFN", "SwiGLU",
-    "TransformerLM",
-]
+_HOMES = {
+    "CausalSelfAttention": "modulm_transformer.attention",
+    "Embedding": "modulm_transformer.layers",
+    "Identity": "modulm_transformer.norms",
+    "KVCache": "modulm_transformer.cache",
+    "Linear": "modulm_transformer.layers",
+    "NoPositionalEmbedding": "modulm_transformer.position",
+    "PostNormBlock": "modulm_transformer.blocks",
+    "PreNormBlock": "modulm_transformer.blocks",
+    "RMSNorm": "modulm_transformer.norms",
+    "RotaryPositionalEmbedding": "modulm_transformer.position",
+    "SiLUFFN": "modulm_transformer.ffn",
+    "SwiGLU": "modulm_transformer.ffn",
+    "TransformerLM": "modulm_transformer.model",
+    "transformer": "modulm_transformer.model",
+}
+__all__ = sorted(_HOMES)
+__getattr__ = lazy_attributes(__name__, _HOMES)
+
+_PARTS = "modulm_transformer.components:"
 
 
 @hookimpl
 def modulm_register_components(registry):
-    registry.model("transformer", transformer)
-    registry.block("prenorm", components.prenorm)
-    registry.block("postnorm", components.postnorm)
-    registry.attention("mha", components.mha)
-    registry.ffn("swiglu", components.swiglu)
-    registry.ffn("silu", components.silu)
-    registry.norm("rmsnorm", components.rmsnorm)
-    registry.norm("none", components.no_norm)
-    registry.position("rope", components.rope)
-    registry.position("nope", components.nope)
+    registry.model("transformer", "modulm_transformer.model:transformer")
+    registry.block("prenorm", _PARTS + "prenorm")
+    registry.block("postnorm", _PARTS + "postnorm")
+    registry.attention("mha", _PARTS + "mha")
+    registry.ffn("swiglu", _PARTS + "swiglu")
+    registry.ffn("silu", _PARTS + "silu_ffn")
+    registry.norm("rmsnorm", _PARTS + "rmsnorm")
+    registry.norm("none", _PARTS + "no_norm")
+    registry.position("rope", _PARTS + "rope")
+    registry.position("nope", _PARTS + "nope")
+    registry.exporter("hf-llama", "modulm_transformer.export:HFLlamaExporter")
+    registry.exporter("safetensors", "modulm_transformer.export:SafetensorsExporter")

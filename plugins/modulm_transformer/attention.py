@@ -23,6 +23,9 @@ class CausalSelfAttention(nn.Module):
     (on an accelerator also for cached decoding); ``impl="scratch"`` uses
     :func:`modulm.functional.attention.scaled_dot_product_attention`. The three projections keep
     their own parameters (and state-dict names) but run as one matmul against the stacked weights.
+
+    ``CausalSelfAttention(d_model, num_heads, position=None, impl="sdpa", device=None, dtype=None)``:
+    ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to ``(..., T, d_model)``.
     """
 
     def __init__(self, d_model: int, num_heads: int, position: nn.Module | None = None,

@@ -19,7 +19,11 @@ class _Block(nn.Module):
 
 
 class PreNormBlock(_Block):
-    """``x + Attn(ln1(x))``, then ``· + FFN(ln2(·))``."""
+    """``x + Attn(ln1(x))``, then ``· + FFN(ln2(·))``.
+
+    ``PreNormBlock(attn, ffn, ln1, ln2)`` takes the four built parts (modules);
+    ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to ``(..., T, d_model)``.
+    """
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, kv_cache=None) -> Tensor:
         x = x + self._attention(self.ln1(x), token_positions, kv_cache)
@@ -27,7 +31,10 @@ class PreNormBlock(_Block):
 
 
 class PostNormBlock(_Block):
-    """``ln1(x + Attn(x))``, then ``ln2(· + FFN(·))``."""
+    """``ln1(x + Attn(x))``, then ``ln2(· + FFN(·))``.
+
+    ``PostNormBlock(attn, ffn, ln1, ln2)``: ``(..., T, d_model) -> (..., T, d_model)``.
+    """
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, kv_cache=None) -> Tensor:
         x = self.ln1(x + self._attention(x, token_positions, kv_cache))

@@ -7,8 +7,10 @@ injected by the parent component (see ``modulm.kinds.INJECTED``). The modules th
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+import warnings
+from typing import Annotated, Callable, Literal
 
+from annotated_types import Gt
 from torch import nn
 
 from modulm_transformer.attention import CausalSelfAttention
@@ -57,13 +59,23 @@ def swiglu(*, d_model: int, d_ff: int | None = None) -> SwiGLU:
     return SwiGLU(d_model, d_ff)
 
 
-def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
+def silu_ffn(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
     """Ungated SiLU feed-forward W2(SiLU(W1 x)); d_ff None -> 4 d_model (CS336 ablation)."""
     return SiLUFFN(d_model, d_ff)
 
 
+def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
+    """Deprecated alias of :func:`silu_ffn`, removed in the next release.
+
+    Renamed because ``silu`` is also the activation :func:`modulm.functional.silu`.
+    """
+    warnings.warn("modulm_transformer.components.silu is deprecated: use silu_ffn (the feed-forward factory; "
+                  "modulm.functional.silu is the activation)", DeprecationWarning, stacklevel=2)
+    return silu_ffn(d_model=d_model, d_ff=d_ff)
+
+
 # -- norms ------------------------------------------------------------------------------------
-def rmsnorm(eps: float = 1e-5, *, d_model: int) -> RMSNorm:
+def rmsnorm(eps: Annotated[float, Gt(0)] = 1e-5, *, d_model: int) -> RMSNorm:
     """RMSNorm with a learned gain, computed in float32.
 
     eps: added to the mean square before the square root

@@ -17,8 +17,9 @@ def swiglu_width(d_model: int) -> int:
 class SwiGLU(nn.Module):
     """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``.
 
-    ``w1`` and ``w3`` keep their own parameters but run as one matmul against the stacked weights,
-    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`).
+    ``SwiGLU(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``;
+    ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``. ``w1`` and ``w3`` keep their own parameters but run as one
+    matmul against the stacked weights, then one gating kernel (:func:`modulm.functional.attention.gated_silu`).
     """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
@@ -34,7 +35,10 @@ class SwiGLU(nn.Module):
 
 
 class SiLUFFN(nn.Module):
-    """``W2(SiLU(W1 x))``, the ungated ablation; ``d_ff`` defaults to ``4 * d_model``."""
+    """``W2(SiLU(W1 x))``, the ungated ablation; ``d_ff`` defaults to ``4 * d_model``.
+
+    ``SiLUFFN(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``.
+    """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
         super().__init__()

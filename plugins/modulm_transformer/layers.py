@@ -12,6 +12,8 @@ class Linear(nn.Module):
     """``y = x Wᵀ`` without bias; ``weight`` is ``(out_features, in_features)``.
 
     Initialised from N(0, 2 / (in + out)) truncated at ±3σ.
+
+    ``Linear(in_features, out_features, device=None, dtype=None)``: ``(..., in_features) -> (..., out_features)``.
     """
 
     def __init__(self, in_features: int, out_features: int, device=None, dtype=None) -> None:
@@ -33,6 +35,9 @@ class Embedding(nn.Module):
     """Lookup table ``weight[token_ids]``; ``weight`` is ``(num_embeddings, embedding_dim)``.
 
     Initialised from N(0, 1) truncated at ±3.
+
+    ``Embedding(num_embeddings, embedding_dim, device=None, dtype=None)``: int64 ids ``(...)`` ->
+    ``(..., embedding_dim)``.
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, device=None, dtype=None) -> None:

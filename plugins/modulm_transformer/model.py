@@ -7,12 +7,15 @@ nested part as a builder, which this class calls with the sizes it knows.
 
 from __future__ import annotations
 
-import functools
+from typing import Annotated, Any, Mapping
 
 import torch
+from annotated_types import Ge, Gt
 from torch import Tensor, nn
 
 from modulm import nested
+from modulm.builders import bind
+from modulm.constraints import checks, problem
 from modulm_transformer import components
 from modulm_transformer.accounting import format_accounting, model_accounting
 from modulm_transformer.cache import KVCache
@@ -26,6 +29,11 @@ class TransformerLM(nn.Module):
     arguments of their kind); ``None`` picks the CS336 default. ``position`` also receives
     ``theta=rope_theta``. With ``tie_embeddings`` the LM head and the token embedding share one
     matrix (initialised as the LM head).
+
+    ``TransformerLM(vocab_size, context_length=512, d_model=512, num_layers=6, num_heads=8,
+    d_ff=2048, rope_theta=10000.0, tie_embeddings=False, *, block=None, attention=None, ffn=None,
+    norm=None, position=None)``: int64 ids ``(..., T)`` with ``T <= context_length`` ->
+    logits ``(..., T, vocab_size)``.
     """
 
     def __init__(self, vocab_size: int, context_length: int = 512, d_model: int = 512, num_layers: int = 6,
@@ -40,7 +48,7 @@ class TransformerLM(nn.Module):
         self.token_embeddings = Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(
             block(d_model=d_model, num_heads=num_heads, d_ff=d_ff, context_length=context_length,
-                  attention=attention, ffn=ffn, norm=norm, position=functools.partial(position, theta=rope_theta))
+                  attention=attention, ffn=ffn, norm=norm, position=bind(position, theta=rope_theta))
             for _ in range(num_layers)
         )
         self.ln_final = norm(d_model=d_model)
@@ -81,13 +89,27 @@ class TransformerLM(nn.Module):
         return KVCache(len(self.layers), batch_size, max_seq_len, device, dtype)
 
 
+def _heads_split_d_model(p: Mapping[str, Any]) -> list:
+    """d_model is divisible by num_heads; with RoPE the head width d_model / num_heads is even."""
+    d_model, heads = p["d_model"], p["num_heads"]
+    if d_model % heads:
+        return [problem(f"{d_model} is not divisible by model.num_heads ({heads}): each head gets d_model / num_heads features",
+                        key="d_model")]
+    position = getattr(getattr(p["position"], "component", None), "factory", None)
+    if position is components.rope and (d_model // heads) % 2:
+        return [problem(f"RoPE needs an even head width, and d_model / num_heads = {d_model} / {heads} = {d_model // heads}",
+                        key="num_heads")]
+    return []
+
+
+@checks(_heads_split_d_model)
 def transformer(
-    context_length: int = 512,
-    d_model: int = 512,
-    num_layers: int = 6,
-    num_heads: int = 8,
-    d_ff: int | None = 2048,
-    rope_theta: float = 10000.0,
+    context_length: Annotated[int, Ge(1)] = 512,
+    d_model: Annotated[int, Ge(1)] = 512,
+    num_layers: Annotated[int, Ge(1)] = 6,
+    num_heads: Annotated[int, Ge(1)] = 8,
+    d_ff: Annotated[int, Ge(1)] | None = 2048,
+    rope_theta: Annotated[float, Gt(0)] = 10000.0,
     tie_embeddings: bool = False,
     block: nested("block") = "prenorm",
     attention: nested("attention") = "mha",

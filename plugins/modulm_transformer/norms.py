@@ -11,6 +11,8 @@ class RMSNorm(nn.Module):
     """``x / sqrt(mean(x²) + eps) * weight`` over the last dim, with gain ``weight`` initialised to 1.
 
     Computes in float32 (float64 stays float64) and returns the input's dtype.
+
+    ``RMSNorm(d_model, eps=1e-5, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``.
     """
 
     def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:

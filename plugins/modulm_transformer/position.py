@@ -13,6 +13,9 @@ class RotaryPositionalEmbedding(nn.Module):
     int64 (broadcast against ``x``'s leading dims; default ``arange(T)``) must be
     ``< max_seq_len``. The cos/sin tables are non-persistent float32 buffers. Computes in at least
     float32 and returns ``x``'s dtype.
+
+    ``RotaryPositionalEmbedding(theta, d_k, max_seq_len, device=None)`` (CS336's order):
+    ``(..., T, d_k) -> (..., T, d_k)``; ``d_k`` must be even.
     """
 
     def __init__(self, theta: float, d_k: int, max_seq_len: int, device=None) -> None:

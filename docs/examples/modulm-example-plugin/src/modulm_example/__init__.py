@@ -1,8 +1,10 @@
 """An example modulm plugin: registers the feed-forward network ``example-geglu``."""
 
 import math
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 from torch import nn
 
 from modulm import hookimpl
@@ -14,7 +16,7 @@ class GeGLU(nn.Module):
     hidden_multiple: d_ff defaults to 8/3 * d_model rounded up to a multiple of this
     """
 
-    def __init__(self, hidden_multiple: int = 64, *, d_model: int, d_ff: int | None = None):
+    def __init__(self, hidden_multiple: Annotated[int, Ge(1)] = 64, *, d_model: int, d_ff: int | None = None):
         super().__init__()
         if d_ff is None:
             d_ff = hidden_multiple * math.ceil(8 * d_model / 3 / hidden_multiple)

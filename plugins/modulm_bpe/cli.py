@@ -1,18 +1,23 @@
-"""``modulm tokenizer train|encode|decode|info``: the BPE tokenizer from the command line (docs/tokenizer.md)."""
+"""``modulm tokenizer train|encode|decode|info``: the BPE tokenizer from the command line (docs/tokenizer.md).
+
+Added to ``modulm`` by this plugin's ``modulm_add_commands`` hook; ``-p no:bpe`` removes it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
-def register(subparsers) -> None:
+def add_tokenizer_command(subparsers, registry) -> None:
+    """Add ``modulm tokenizer`` and its actions to ``subparsers``."""
     p = subparsers.add_parser("tokenizer", help="train a BPE tokenizer, encode, decode, describe")
     actions = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     p.set_defaults(func=lambda args: _missing_action(p))
 
     train = actions.add_parser("train", help="train a byte-level BPE tokenizer on UTF-8 text files")
-    train.add_argument("--input", required=True, nargs="+", metavar="FILE", help="UTF-8 text files")
+    train.add_argument("--input", required=True, nargs="+", metavar="FILE", help="UTF-8 text files (plain or .xz)")
     train.add_argument("--vocab-size", required=True, type=int, metavar="N",
                        help="vocabulary size, counting special tokens and the 256 bytes")
     train.add_argument("--special-token", action="append", default=[], metavar="TOKEN", dest="special_tokens",
@@ -49,26 +54,32 @@ def _missing_action(parser: argparse.ArgumentParser) -> int:
 
 def run_train(args) -> int:
     import os
+    import tempfile
     import time
 
+    from modulm.fileio import plain_copy
     from modulm_bpe import Tokenizer, train_bpe
+    from modulm_bpe.corpus import check_inputs
 
-    started = time.perf_counter()
-    vocab, merges = train_bpe(args.input, args.vocab_size, args.special_tokens,
-                              num_workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
-    elapsed = time.perf_counter() - started
-    tokenizer = Tokenizer(vocab, merges, args.special_tokens)
-    tokenizer.save(args.out)
-    longest = max((a + b for a, b in merges), key=len, default=b"")
-    total_bytes = sum(os.path.getsize(p) for p in args.input)
-    print(f"trained in {elapsed:.2f} s on {len(args.input)} file(s), {total_bytes / 1e6:.2f} MB "
-          f"({total_bytes / 1e6 / max(elapsed, 1e-9):.2f} MB/s)")
-    print(f"vocab size {len(vocab)} (special tokens {len(args.special_tokens)}, bytes 256, merges {len(merges)})")
-    print(f"longest token {len(longest)} bytes: {longest.decode('utf-8', errors='replace')!r}")
-    if args.sample_bytes > 0:
-        sampled, tokens = _bytes_per_token(tokenizer, args.input, args.sample_bytes)
-        if tokens:
-            print(f"bytes/token {sampled / tokens:.3f} ({tokens} tokens over {sampled} bytes of the input)")
+    check_inputs(args.input)  # every named file exists, before anything is decompressed or written
+    with tempfile.TemporaryDirectory(prefix="modulm-bpe-") as scratch:
+        inputs = [plain_copy(Path(path), Path(scratch)) for path in args.input]
+        started = time.perf_counter()
+        vocab, merges = train_bpe(inputs, args.vocab_size, args.special_tokens,
+                                  num_workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
+        elapsed = time.perf_counter() - started
+        tokenizer = Tokenizer(vocab, merges, args.special_tokens)
+        tokenizer.save(args.out)
+        longest = max((a + b for a, b in merges), key=len, default=b"")
+        total_bytes = sum(os.path.getsize(p) for p in inputs)
+        print(f"trained in {elapsed:.2f} s on {len(inputs)} file(s), {total_bytes / 1e6:.2f} MB "
+              f"({total_bytes / 1e6 / max(elapsed, 1e-9):.2f} MB/s)")
+        print(f"vocab size {len(vocab)} (special tokens {len(args.special_tokens)}, bytes 256, merges {len(merges)})")
+        print(f"longest token {len(longest)} bytes: {longest.decode('utf-8', errors='replace')!r}")
+        if args.sample_bytes > 0:
+            sampled, tokens = _bytes_per_token(tokenizer, inputs, args.sample_bytes)
+            if tokens:
+                print(f"bytes/token {sampled / tokens:.3f} ({tokens} tokens over {sampled} bytes of the input)")
     print(f"wrote {args.out}")
     return 0
 
@@ -94,8 +105,6 @@ def _load(directory: str):
 
 
 def run_encode(args) -> int:
-    from pathlib import Path
-
     from modulm.errors import ModulmError
 
     tokenizer = _load(args.directory)

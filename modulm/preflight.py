@@ -1,0 +1,194 @@
+"""Preflight: everything ``modulm run`` checks before it writes anything.
+
+A run that fails preflight leaves the file system exactly as it was. The checks, in order:
+
+* the recipe (:func:`modulm.recipe.validate`);
+* the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
+  and writable (probed with a file removed at once), and what starting there means;
+* the checkpoint to resume (:func:`modulm.checkpoint.read_checkpoint`): readable, a modulm
+  checkpoint, tensors of the shapes this recipe builds. A recipe that differs from the one stored in
+  the checkpoint is named key by key: refused when the model's tensors no longer fit, a one-line
+  notice otherwise (:func:`check_resume`);
+* what components need from the environment: a component factory may define
+  ``preflight(params) -> list[str]`` (for example a logger whose optional package is missing);
+* the data (its source's ``validate(context_length)``: long enough for one window; the sources
+  check existence, dtype, shape and ids when they open their files).
+
+:func:`before_build` runs the checks that need no built part, so that ``modulm run`` fails (or
+finds the run already complete) before a data source spends time or cache space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from modulm.errors import ModulmError, RecipeError
+
+#: Recipe keys that say how to start, not what the run is: never a change of recipe.
+START_KEYS = ("checkpointing.resume", "checkpointing.resume_from", "checkpointing.overwrite")
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+
+    def __str__(self) -> str:
+        return f"{self.key} {_short(self.old)} -> {_short(self.new)}"
+
+
+def _short(value: Any) -> str:
+    text = "(unset)" if value is _UNSET else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_UNSET = object()
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted keys and values; None is left out (TOML has no null) and tuples compare as lists."""
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, dotted + ".")
+        elif value is not None:
+            yield dotted, _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def recipe_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[Change]:
+    """The keys whose values differ between two resolved recipes (start-only keys ignored)."""
+    old, new = dict(_flatten(stored)), dict(_flatten(current))
+    keys = list(new) + [k for k in old if k not in new]
+    return [Change(k, old.get(k, _UNSET), new.get(k, _UNSET)) for k in keys
+            if k not in START_KEYS and old.get(k, _UNSET) != new.get(k, _UNSET)]
+
+
+def _shape_keys(changes: list[Change]) -> list[Change]:
+    """The changes that can change the model's tensors: the model table and the data's vocabulary."""
+    picked = [c for c in changes if c.key.startswith("model.") or c.key.startswith("data.")]
+    return picked or changes
+
+
+def check_resume(state: Mapping[str, Any], path: Path | str, model: Any, resolved: Mapping[str, Any]) -> list[str]:
+    """Refuse a checkpoint whose tensors do not fit ``model``; return notices for other recipe changes."""
+    from modulm.checkpoint import check_model_state
+
+    changes = recipe_changes(state.get("recipe") or {}, resolved) if state.get("recipe") else []
+    try:
+        check_model_state(state["model"], model, path)
+    except ModulmError as exc:
+        named = _shape_keys(changes)
+        why = f"; the recipe changed {', '.join(map(str, named[:4]))}" if named else ""
+        raise ModulmError(f"{exc}{why}; resume with the recipe it was trained with, or start afresh "
+                          "(modulm run --overwrite, or another checkpointing.checkpoint_dir)") from None
+    if not changes:
+        return []
+    shown = ", ".join(map(str, changes[:6])) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
+    return [f"note: resuming {path} with a changed recipe: {shown}"]
+
+
+def component_problems(bound: Mapping[str, Any]) -> list[str]:
+    """What each bound component's ``preflight(params)`` hook reports (missing optional packages, ...)."""
+    from modulm.assemble import ComponentBuilder
+
+    problems: list[str] = []
+
+    def visit(value: Any, where: str) -> None:
+        if isinstance(value, ComponentBuilder):
+            hook = getattr(value.component.factory, "preflight", None)
+            if callable(hook):
+                found = hook(dict(value.params)) or []
+                source = f"[{value.kind} {value.name!r} from plugin {value.component.plugin!r}]"
+                problems.extend(f"{where}: {p} {source}" for p in found)
+            for key, param in value.params.items():
+                visit(param, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                visit(item, f"{where}.{i}")
+
+    for key, value in bound.items():
+        visit(value, key)
+    return problems
+
+
+def check_components(bound: Mapping[str, Any]) -> None:
+    problems = component_problems(bound)
+    if problems:
+        raise RecipeError(problems)
+
+
+def recipe_vocab_size(resolved: Mapping[str, Any]) -> int | None:
+    """The vocabulary size a recipe implies without building its data: data.vocab_size or data.tokenizer.vocab_size."""
+    data = resolved.get("data", {})
+    tokenizer = data.get("tokenizer")
+    if isinstance(data.get("vocab_size"), int):
+        return data["vocab_size"]
+    if isinstance(tokenizer, Mapping) and isinstance(tokenizer.get("vocab_size"), int):
+        return tokenizer["vocab_size"]
+    return None
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """The outcome of :func:`before_build`: the plan, and whether the run is already complete."""
+
+    plan: Any
+    iteration: int = 0
+    complete: bool = False
+
+
+def complete_message(run_dir: Path, iteration: int, max_iterations: int, resume: Path | None = None) -> str:
+    """What ``modulm run`` says when the checkpoint it would resume already reached the end."""
+    what = f"run {run_dir} is complete" if resume is None or Path(resume).parent == Path(run_dir) \
+        else f"checkpoint {resume} already reached the end"
+    return (f"{what} ({iteration} of training.max_iterations = {max_iterations}); nothing to do. "
+            f"Extend it with training.max_iterations=N, or start afresh with --overwrite")
+
+
+def before_build(recipe: Any, registry: Any) -> Preflight:
+    """The checks that need no built component: recipe, run directory, checkpoint to resume, extras.
+
+    Writes nothing. The model is built on the meta device (no memory) to compare the checkpoint's
+    tensor shapes when the recipe tells its vocabulary size; the trainer checks again against the
+    real model.
+    """
+    import torch
+
+    from modulm import rundir
+    from modulm.assemble import resolved_recipe
+    from modulm.checkpoint import read_checkpoint
+    from modulm.recipe import validate
+
+    bound = validate(recipe, registry)
+    check_components(bound)
+    resolved = resolved_recipe(bound)
+    chosen = rundir.plan(bound["checkpointing"])
+    if chosen.resume is None:
+        return Preflight(chosen)
+    state = read_checkpoint(chosen.resume, mmap=True)
+    stored_vocab = (state.get("meta") or {}).get("vocab_size")
+    vocab_size = recipe_vocab_size(resolved) or stored_vocab
+    if isinstance(vocab_size, int):
+        try:
+            with torch.device("meta"):
+                model = bound["model"](vocab_size=vocab_size)
+        except ModulmError:
+            raise
+        except Exception:  # a model that cannot be built on the meta device: the trainer checks later
+            model = None
+        if model is not None:
+            check_resume(state, chosen.resume, model, resolved)
+    iteration = int(state["iteration"])
+    max_iterations = bound["training"].max_iterations
+    return Preflight(chosen, iteration, complete=iteration >= max_iterations)
