@@ -28,7 +28,6 @@ import io
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,25 +37,9 @@ from modulm_optim.adamw import AdamW
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import forward_flops_per_token
 
+from bench_train_step import CONFIGS, Config  # bench-tiny and bench-small, defined once there
+
 LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
-
-
-@dataclass(frozen=True)
-class Config:
-    name: str
-    vocab_size: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    d_ff: int
-    context_length: int
-    batch_size: int
-
-
-CONFIGS = {
-    "tiny": Config("bench-tiny", 2048, 128, 2, 4, 344, 128, 16),
-    "small": Config("bench-small", 10000, 512, 4, 16, 1344, 256, 8),
-}
 
 
 def load_nanogpt(directory: Path):
