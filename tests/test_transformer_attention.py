@@ -192,8 +192,8 @@ def test_fused_causal_attention_equals_scratch_for_every_query_count(seed, layou
 
 
 @pytest.mark.parametrize(("device", "queries", "fused"), [
-    ("cpu", 4, True), ("cpu", 1, False), ("cpu", 2, False), ("meta", 1, True), ("meta", 2, True)])
-def test_sdpa_impl_takes_the_fused_kernel_for_training_everywhere_and_for_decoding_off_the_cpu(
+    ("cpu", 4, True), ("cpu", 1, True), ("cpu", 2, False), ("meta", 1, True), ("meta", 2, True)])
+def test_sdpa_impl_takes_the_fused_kernel_except_for_a_cached_chunk_on_the_cpu(
         monkeypatch, device, queries, fused):
     calls = []
     monkeypatch.setattr(attention_module, "fused_causal_attention", lambda q, k, v: calls.append(q) or q)
