@@ -167,8 +167,8 @@ def before_build(recipe: Any, registry: Any) -> Preflight:
 
     from modulm import rundir
     from modulm.assemble import resolved_recipe
-    from modulm.checkpoint import read_checkpoint
     from modulm.recipe import validate
+    from modulm.sharded_checkpoint import read_any
 
     bound = validate(recipe, registry)
     check_components(bound)
@@ -176,7 +176,7 @@ def before_build(recipe: Any, registry: Any) -> Preflight:
     chosen = rundir.plan(bound["checkpointing"])
     if chosen.resume is None:
         return Preflight(chosen)
-    state = read_checkpoint(chosen.resume, mmap=True)
+    state = read_any(chosen.resume, mmap=True)  # a file, or a sharded (fsdp) directory
     stored_vocab = (state.get("meta") or {}).get("vocab_size")
     vocab_size = recipe_vocab_size(resolved) or stored_vocab
     if isinstance(vocab_size, int):

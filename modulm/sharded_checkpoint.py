@@ -81,6 +81,14 @@ def read_for_resume(path: Path) -> dict[str, Any]:
     return state
 
 
+def read_any(path: Path, **options: Any) -> dict[str, Any]:
+    """A checkpoint to resume from, file or sharded directory: :func:`modulm.checkpoint.read_checkpoint`
+    (with ``options``) or :func:`read_for_resume`."""
+    from modulm.checkpoint import read_checkpoint
+
+    return read_for_resume(path) if is_complete(path) else read_checkpoint(path, **options)
+
+
 def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Restore ``model`` and ``optimizer`` (sharded or whole, any world size) from ``path``; every
     rank calls this."""

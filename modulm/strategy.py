@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from modulm import distributed, rundir, sharded_checkpoint
-from modulm.checkpoint import FORMAT_VERSION, read_checkpoint, save_checkpoint, unwrap
+from modulm.checkpoint import FORMAT_VERSION, save_checkpoint, unwrap
 from modulm.errors import ModulmError
 from modulm.fileio import atomic_write
 from modulm.runtime import resolve_device
@@ -155,9 +155,7 @@ class Replicated:
         """The checkpoint at ``path`` as every rank reads it before resuming: a file whole (on this
         rank's device); for a sharded directory its trainer state, with ``model`` holding meta
         tensors of the saved shapes (enough to check them against the model)."""
-        if path.is_dir():
-            return sharded_checkpoint.read_for_resume(path)
-        return read_checkpoint(path, map_location=self.device)
+        return sharded_checkpoint.read_any(path, map_location=self.device)
 
     def restore(self, state: dict[str, Any], path: Path, model: torch.nn.Module,
                 optimizer: torch.optim.Optimizer) -> None:

@@ -24,8 +24,7 @@ from modulm.checkpoint import read_checkpoint
 from modulm.cli import main
 from modulm.strategy import bf16_native
 from modulm.trainer import Trainer
-from test_distributed import (ENV, events, free_port, launch_two, losses, stall_one_rank, tiny_recipe, wait_for_training,
-                              worker_pids, write_recipe)
+from test_distributed import ENV, events, free_port, losses, stall_one_rank, tiny_recipe, worker_pids, write_recipe
 
 HERE = Path(__file__).resolve().parent
 STEPS = {"training__max_iterations": 10, "checkpointing__checkpoint_interval": 5, "logging__eval_interval": 5}

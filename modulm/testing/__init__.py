@@ -34,6 +34,7 @@ _CHECKS = {
     "check_data_source": "data_checks",
     "check_logger": "misc_checks",
     "check_tokenizer": "misc_checks",
+    "check_exporter": "export_checks",
     "check_declared_ranges": "schema_checks",
 }
 
@@ -42,7 +43,7 @@ CHECK_FOR_KIND = {
     "model": "check_model", "block": "check_model_block", "attention": "check_attention", "ffn": "check_ffn",
     "norm": "check_norm", "position": "check_position", "optimizer": "check_optimizer",
     "schedule": "check_schedule", "data": "check_data_source", "logger": "check_logger",
-    "tokenizer": "check_tokenizer",
+    "tokenizer": "check_tokenizer", "exporter": "check_exporter",
 }
 
 __all__ = sorted(_CHECKS) + ["CHECK_FOR_KIND", "check_component"]
