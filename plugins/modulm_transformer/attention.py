@@ -20,7 +20,7 @@ class CausalSelfAttention(nn.Module):
 
     ``d_k = d_v = d_model / num_heads``; ``position`` (a module, default none) rotates the queries
     and keys of every head alike. ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``
-    (on an accelerator also for cached decoding); ``impl="scratch"`` uses
+    (for cached decoding too); ``impl="scratch"`` uses
     :func:`modulm.functional.attention.scaled_dot_product_attention`. The three projections keep
     their own parameters (and state-dict names) but run as one matmul against the stacked weights.
 
@@ -68,11 +68,9 @@ class CausalSelfAttention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal attention of the last ``q`` positions over all ``k`` positions."""
-        num_queries = q.shape[-2]
-        if self.impl == "sdpa" and (num_queries in (1, k.shape[-2]) or q.device.type != "cpu"):
+        if self.impl == "sdpa":
             return fused_causal_attention(q, k, v)
-        # A chunk after a cache on the CPU (a masked call, unmeasured against this path) stays here;
-        # one query is measured: torch 2.13's CPU kernel is 1.1-2x faster than the two matmuls.
+        num_queries = q.shape[-2]
         mask = None if num_queries == 1 else causal_mask(num_queries, k.shape[-2], q.device)
         return scaled_dot_product_attention(q, k, v, mask)
 
