@@ -8,6 +8,6 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
     "$PYTHON" -m pip install --quiet "torch==2.13.0"
 fi
-# dev: the test tools; ecosystem-test: the optional extras (export, trackers, plots) so their tests run;
+# dev: the test tools; ecosystem-test: the optional extras (export, trackers, plots, Optuna) so their tests run;
 # docs: pdoc (small, pure Python) for the API reference that CI builds.
 "$PYTHON" -m pip install --quiet -e ".[dev,ecosystem-test,docs]"

@@ -6,6 +6,8 @@
   d_ff 1,344, SwiGLU, untied output; 22.7M parameters, built as plain tensors with random
   gradients), ``modulm_optim.AdamW`` against ``torch.optim.AdamW(foreach=True)``. Target: >= 1.0x.
   ``torch.optim.AdamW(fused=True)`` is shown too, for information, where this torch offers it.
+* Muon: one ``step()`` of modulm's ``muon`` over the same parameters, against modulm's AdamW
+  (information: how much of a step Muon's orthogonalisation costs).
 * Cross-entropy: forward + backward over (2,048 x 10,000) logits (batch 8 x context 256), float32
   and bfloat16, against ``torch.nn.functional.cross_entropy``; and forward only (evaluation).
   Target: >= 1.0x.
@@ -132,18 +134,36 @@ def bench_clipping(results: list[dict], device: str, repeats: int, warmup: int) 
     report(results, "clip_gradients, bench-small grads", mine, ref, "clip_grad_norm_(foreach=True)", None)
 
 
+def bench_muon(results: list[dict], device: str, repeats: int, warmup: int) -> None:
+    """modulm's muon (torch.optim.Muon on the 24 hidden matrices, AdamW on the embedding, LM head and
+    gains) against modulm's AdamW over the same bench-small parameters (information: Muon's
+    Newton-Schulz iterations cost about 20 x rows^2 x cols FLOPs per matrix, AdamW's none)."""
+    from modulm_optim import AdamW
+    from modulm_optim.muon import muon
+
+    names = ["token_embeddings.weight"] + [f"layers.{i}.{part}" for i in range(LAYERS)
+                                           for part in ("ln1.weight", "attn.q", "attn.k", "attn.v", "attn.o",
+                                                        "ln2.weight", "ffn.w1", "ffn.w2", "ffn.w3")]
+    names += ["ln_final.weight", "lm_head.weight"]
+    ours_params, theirs_params = parameters_with_grads(device), parameters_with_grads(device)
+    ours = muon(lr=0.02, adamw_lr=3e-4, params=list(zip(names, ours_params)))
+    theirs = AdamW(theirs_params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours_s, theirs_s = alternate(ours.step, theirs.step, repeats, warmup, device)
+    report(results, "muon step, bench-small", ours_s, theirs_s, "modulm AdamW step", None)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per side (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per side first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--only", choices=["adamw", "loss", "clip"], help="run one section")
+    parser.add_argument("--only", choices=["adamw", "muon", "loss", "clip"], help="run one section")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"{args.repeats} repeats after {args.warmup} warm-up calls, medians")
     results: list[dict] = []
-    sections = {"adamw": bench_adamw, "loss": bench_cross_entropy, "clip": bench_clipping}
+    sections = {"adamw": bench_adamw, "muon": bench_muon, "loss": bench_cross_entropy, "clip": bench_clipping}
     for name, section in sections.items():
         if args.only in (None, name):
             section(results, args.device, args.repeats, args.warmup)

@@ -12,7 +12,7 @@ from modulm import kinds
 from modulm.assemble import create
 from modulm.errors import RecipeError
 
-COMPONENTS = {("optimizer", "adamw"), ("optimizer", "sgd"), ("schedule", "cosine-warmup"),
+COMPONENTS = {("optimizer", "adamw"), ("optimizer", "muon"), ("optimizer", "sgd"), ("schedule", "cosine-warmup"),
               ("schedule", "constant"), ("schedule", "wsd")}
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "components.md"
 

@@ -1,11 +1,14 @@
-"""The recipes shipped in recipes/ validate, and each ablation changes exactly what it says."""
+"""The recipes shipped in recipes/ validate, each ablation changes exactly what it says, and every
+point of the sweep files in recipes/experiments/ validates."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from modulm.assemble import resolved_recipe
 from modulm.recipe import load_recipe, validate
+from modulm.sweep.spec import load_sweep, validate_points
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ABLATIONS = {
@@ -16,13 +19,31 @@ ABLATIONS = {
 }
 
 
+FILES = sorted(RECIPES.rglob("*.toml"))
+SWEEPS = [p for p in FILES if "base" in tomllib.loads(p.read_text())]  # a sweep file names its base recipe
+
+
 def resolved(path: Path, registry) -> dict:
     return resolved_recipe(validate(load_recipe(path), registry))
 
 
-@pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in FILES if p not in SWEEPS], ids=lambda p: p.name)
 def test_shipped_recipe_validates(path, registry):
     assert resolved(path, registry)["model"]["component"] == "transformer"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_shipped_sweep_points_validate(path, registry):
+    spec = load_sweep(path)
+    assert len(spec.points) >= 3
+    validate_points(spec, registry)
+
+
+def test_ablation_sweep_makes_the_ablation_recipes_changes():
+    points = {p.run_id: p.overrides for p in load_sweep(RECIPES / "experiments" / "ablations.toml").points}
+    for name, (part, component) in ABLATIONS.items():
+        assert points[name][f"model.{part}"] == component
+    assert points["baseline"] == {}
 
 
 def test_handout_tinystories_settings(registry):

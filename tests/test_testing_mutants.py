@@ -20,8 +20,8 @@ from modulm import hookimpl
 from modulm.constraints import checks
 from modulm.assemble import create
 from modulm.testing import (check_attention, check_data_source, check_ffn, check_logger, check_model,
-                            check_model_block, check_norm, check_optimizer, check_position, check_schedule,
-                            check_declared_ranges, check_tokenizer)
+                            check_model_block, check_norm, check_optimizer, check_orthogonalising_optimizer,
+                            check_position, check_schedule, check_declared_ranges, check_tokenizer)
 from tests.kit_support import REGISTRY, TINY_MODEL, write_tokens
 
 
@@ -419,3 +419,43 @@ def test_range_check_rejects_a_validator_that_refuses_the_edges(monkeypatch):
     monkeypatch.setattr(modulm.validate, "violation", lambda value, constraints: "must be elsewhere")
     with pytest.raises(AssertionError, match="do not validate|but was refused"):
         check_declared_ranges("optimizer", "sgd", registry=REGISTRY)
+
+
+class MomentumWithoutOrthogonalisation(torch.optim.SGD):
+    """A 'Muon' that skips the Newton-Schulz step: plain momentum SGD on the hidden matrices."""
+
+    def __init__(self, lr: float = 0.02, *, params):
+        super().__init__([p for _, p in params], lr=lr, momentum=0.95, nesterov=True)
+
+
+def test_orthogonalisation_check_rejects_a_muon_that_skips_newton_schulz():
+    check_orthogonalising_optimizer("muon", registry=REGISTRY)  # the real one passes
+    with pytest.raises(AssertionError, match="not orthogonalised"):
+        check_orthogonalising_optimizer(MomentumWithoutOrthogonalisation)
+
+
+def qk_norm_after_rope(*, d_model: int, num_heads: int, context_length: int, position=None):
+    """mha with QK-norm whose norms run after the position encoding instead of before it."""
+    attention = create(REGISTRY, "attention", {"component": "mha", "qk_norm": "rmsnorm"}, d_model=d_model,
+                       num_heads=num_heads, context_length=context_length, position=position)
+    rope, q_norm, k_norm = attention.position, attention.q_norm, attention.k_norm
+    attention.q_norm = attention.k_norm = nn.Identity()
+    attention.q_after, attention.k_after = q_norm, k_norm  # keep the gains as parameters
+
+    class NormAfter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x, token_positions=None):
+            norm = (q_norm, k_norm)[self.calls % 2]  # forward rotates q first, then k
+            self.calls += 1
+            return norm(rope(x, token_positions))
+
+    attention.position = NormAfter()
+    return attention
+
+
+def test_attention_check_rejects_qk_norm_applied_after_rope():
+    with pytest.raises(AssertionError, match="not relative"):
+        check_attention(qk_norm_after_rope)

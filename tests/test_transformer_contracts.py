@@ -43,7 +43,7 @@ def position_builder(registry, name):
 
 def test_every_kind_of_the_plugin_is_registered(registry):
     expected = {"model": {"transformer"}, "block": {"prenorm", "postnorm"}, "attention": {"mha"},
-                "ffn": {"swiglu", "silu"}, "norm": {"rmsnorm", "none"}, "position": {"rope", "nope"}}
+                "ffn": {"swiglu", "silu", "relu2"}, "norm": {"rmsnorm", "none"}, "position": {"rope", "nope"}}
     for kind, wanted in expected.items():
         assert wanted <= set(names(kind)), kind
         for name in wanted:

@@ -30,6 +30,7 @@ _CHECKS = {
     "check_model_block": "model_checks",
     "check_model": "model_checks",
     "check_optimizer": "optim_checks",
+    "check_orthogonalising_optimizer": "optim_checks",
     "check_schedule": "optim_checks",
     "check_data_source": "data_checks",
     "check_logger": "misc_checks",

@@ -126,7 +126,9 @@ def check_attention(component: str | Callable[..., Any], config: Mapping[str, An
                     num_heads: int = 2, context_length: int = 8, position: Any = "rope",
                     dtypes: Sequence[torch.dtype] = DTYPES, seed: int = 0, registry: Any = None) -> None:
     """Check the ``attention`` contract: shape and dtype kept, causal, explicit default positions equal
-    the implicit ones, seeded init, state_dict round trip, gradients to every parameter.
+    the implicit ones, seeded init, state_dict round trip, gradients to every parameter; and with
+    every parameter perturbed (so learned gains are not 1), outputs unchanged when every token
+    position shifts by the same amount (a relative ``position`` stays relative through the attention).
 
     ``position`` is the position component injected (a registry name, table, factory or builder).
     """
@@ -136,6 +138,21 @@ def check_attention(component: str | Callable[..., Any], config: Mapping[str, An
     build = lambda: make(d_model=d_model, num_heads=num_heads, context_length=context_length,  # noqa: E731
                          position=parts["position"])
     _check_sequence_module(label, "attention", build, d_model, context_length, dtypes, seed)
+    _check_shift_invariance(label, build, d_model, context_length, seed)
+
+
+def _check_shift_invariance(label: str, build: Callable[[], Any], d_model: int, context_length: int, seed: int) -> None:
+    length = min(6, context_length - 1)
+    shift = context_length - length
+    module = seeded(build, seed)
+    with torch.no_grad():
+        for index, p in enumerate(module.parameters()):
+            p.mul_(1 + 0.5 * randn(seed + 11 + index, *p.shape))
+        x, positions = randn(seed + 1, 2, length, d_model), torch.arange(length)
+        assert close(module(x, positions + shift), module(x, positions), rtol=1e-4, atol=1e-4), (
+            f"{label}: outputs changed when every token position shifted by {shift} (with perturbed weights): "
+            "the scores are not relative (something acts on the queries or keys after the position encoding?)"
+        )
 
 
 @one_thread

@@ -133,6 +133,47 @@ def _check_weight_decay(label: str, component: Any, config: dict, registry: Any,
     )
 
 
+def conditioned_matrix(seed: int, rows: int, cols: int, condition: float = 100.0) -> torch.Tensor:
+    """A random ``rows x cols`` matrix of full rank whose singular values run from 1 down to ``1 / condition``."""
+    generator = torch.Generator().manual_seed(seed)
+    rank = min(rows, cols)
+    left, _ = torch.linalg.qr(torch.randn(rows, rank, generator=generator, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(cols, rank, generator=generator, dtype=torch.float64))
+    singular = torch.logspace(0, -torch.log10(torch.tensor(condition)).item(), rank, dtype=torch.float64)
+    return (left * singular @ right.T).float()
+
+
+@one_thread
+def check_orthogonalising_optimizer(component: str | Callable[..., Any], config: Mapping[str, Any] | None = None, *,
+                                    name: str = "layers.0.attn.q_proj.weight", shapes: tuple = ((12, 8), (8, 12)),
+                                    lr: float = 0.05, max_spread: float = 2.0, seed: int = 0,
+                                    registry: Any = None) -> None:
+    """Check that an optimizer of the Muon family orthogonalises the update of a hidden matrix.
+
+    For each ``shape``, a zero matrix ``name`` (so weight decay has nothing to act on) gets one step
+    from a full-rank gradient whose singular values span a factor 100. The step must move the
+    matrix, and the singular values of the step must lie within a factor ``max_spread`` of each
+    other (an orthogonalised update has them all near one; a plain gradient step keeps the 100).
+    The optimizer's ``optimizer`` contract is checked separately by :func:`check_optimizer`.
+    """
+    label = describe("optimizer", component)
+    make = component_builder("optimizer", component, dict(config or {}), registry)
+    for index, (rows, cols) in enumerate(shapes):
+        weight = torch.nn.Parameter(torch.zeros(rows, cols))
+        optimizer = make(params=[(name, weight)])
+        weight.grad = conditioned_matrix(seed + index, rows, cols)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        singular = torch.linalg.svdvals(weight.detach().double())
+        assert singular.max() > 0, f"{label}: a step with a non-zero gradient left the {rows}x{cols} matrix {name} at zero"
+        spread = float(singular.max() / singular.min())
+        assert spread <= max_spread, (
+            f"{label}: the update of the {rows}x{cols} matrix {name} has singular values spanning a factor {spread:.3g} "
+            f"(> {max_spread}) for a gradient spanning 100: not orthogonalised"
+        )
+
+
 @one_thread
 def check_schedule(component: str | Callable[..., Any], config: Mapping[str, Any] | None = None, *,
                    base_lr: float = 1e-3, max_iterations: int = 1000, max_jump: float | None = 0.05,

@@ -17,6 +17,7 @@ _HOMES = {
     "NoPositionalEmbedding": "modulm_transformer.position",
     "PostNormBlock": "modulm_transformer.blocks",
     "PreNormBlock": "modulm_transformer.blocks",
+    "ReLU2FFN": "modulm_transformer.ffn",
     "RMSNorm": "modulm_transformer.norms",
     "RotaryPositionalEmbedding": "modulm_transformer.position",
     "SiLUFFN": "modulm_transformer.ffn",
@@ -38,6 +39,7 @@ def modulm_register_components(registry):
     registry.attention("mha", _PARTS + "mha")
     registry.ffn("swiglu", _PARTS + "swiglu")
     registry.ffn("silu", _PARTS + "silu_ffn")
+    registry.ffn("relu2", _PARTS + "relu2")
     registry.norm("rmsnorm", _PARTS + "rmsnorm")
     registry.norm("none", _PARTS + "no_norm")
     registry.position("rope", _PARTS + "rope")

@@ -19,17 +19,21 @@ class CausalSelfAttention(nn.Module):
     """``output_proj(MultiHead(q_proj x, k_proj x, v_proj x))`` with a causal mask.
 
     ``d_k = d_v = d_model / num_heads``; ``position`` (a module, default none) rotates the queries
-    and keys of every head alike. ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``
+    and keys of every head alike. ``q_norm`` and ``k_norm`` (modules over the head width, default
+    none) normalise each head's queries and keys after the projections and before ``position``
+    (QK-norm). ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``
     (for cached decoding too); ``impl="scratch"`` uses
     :func:`modulm.functional.attention.scaled_dot_product_attention`. The three projections keep
     their own parameters (and state-dict names) but run as one matmul against the stacked weights.
 
-    ``CausalSelfAttention(d_model, num_heads, position=None, impl="sdpa", device=None, dtype=None)``:
-    ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to ``(..., T, d_model)``.
+    ``CausalSelfAttention(d_model, num_heads, position=None, impl="sdpa", device=None, dtype=None,
+    q_norm=None, k_norm=None)``: ``forward(x, token_positions=None)`` maps ``(..., T, d_model)`` to
+    ``(..., T, d_model)``.
     """
 
     def __init__(self, d_model: int, num_heads: int, position: nn.Module | None = None,
-                 impl: Literal["sdpa", "scratch"] = "sdpa", device=None, dtype=None) -> None:
+                 impl: Literal["sdpa", "scratch"] = "sdpa", device=None, dtype=None,
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
@@ -41,6 +45,8 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.output_proj = Linear(d_model, d_model, device=device, dtype=dtype)
         self.position = position if position is not None else NoPositionalEmbedding()
+        if q_norm is not None or k_norm is not None:  # QK-norm; absent by default (no modules, same state_dict)
+            self.q_norm, self.k_norm = q_norm or nn.Identity(), k_norm or nn.Identity()
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, kv_cache: LayerKVCache | None = None) -> Tensor:
         """``x``: ``(..., T, d_model)``; with ``kv_cache``, ``x`` holds the tokens after the cached ones."""
@@ -49,6 +55,8 @@ class CausalSelfAttention(nn.Module):
             token_positions = torch.arange(kv_cache.length, kv_cache.length + x.shape[-2], device=x.device)
         if token_positions is not None:
             token_positions = token_positions.unsqueeze(-2)  # broadcast over the head dim
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)  # before the rotation, so the gains act on unrotated features
         q, k = self.position(q, token_positions), self.position(k, token_positions)
         if kv_cache is not None:
             k, v = kv_cache.append(k, v)

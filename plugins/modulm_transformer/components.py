@@ -13,9 +13,11 @@ from typing import Annotated, Callable, Literal
 from annotated_types import Gt
 from torch import nn
 
+from modulm import nested
+
 from modulm_transformer.attention import CausalSelfAttention
 from modulm_transformer.blocks import PostNormBlock, PreNormBlock
-from modulm_transformer.ffn import SiLUFFN, SwiGLU
+from modulm_transformer.ffn import ReLU2FFN, SiLUFFN, SwiGLU
 from modulm_transformer.norms import Identity, RMSNorm
 from modulm_transformer.position import NoPositionalEmbedding, RotaryPositionalEmbedding
 
@@ -41,16 +43,29 @@ def postnorm(*, d_model: int, num_heads: int, d_ff: int | None, context_length: 
     return PostNormBlock(*_block_parts(d_model, num_heads, d_ff, context_length, attention, ffn, norm, position))
 
 
+def _is_part(part) -> bool:
+    """Whether an optional nested part is switched on: not None, "none" or the "none" component."""
+    if part is None or isinstance(part, str):
+        if part not in (None, "none"):
+            raise ValueError(f"pass a builder, not the name {part!r}, outside a recipe")
+        return False
+    return getattr(part, "name", None) != "none"
+
+
 # -- attention --------------------------------------------------------------------------------
-def mha(impl: Literal["sdpa", "scratch"] = "sdpa", *, d_model: int, num_heads: int, context_length: int,
-        position: Builder | None = None) -> CausalSelfAttention:
+def mha(impl: Literal["sdpa", "scratch"] = "sdpa", qk_norm: nested("norm") = "none", *, d_model: int,
+        num_heads: int, context_length: int, position: Builder | None = None) -> CausalSelfAttention:
     """Causal multi-head self-attention with q/k/v/output projections and a position encoding.
 
     impl: "sdpa" (torch's fused attention kernel) or "scratch" (modulm.functional; same result, slower)
+    qk_norm: QK-norm: the norm applied to each head's queries and keys before the position encoding ("rmsnorm"; "none" = off)
     """
     head_dim = d_model // num_heads
     encoding = position(d_k=head_dim, context_length=context_length) if position is not None else None
-    return CausalSelfAttention(d_model, num_heads, position=encoding, impl=impl)
+    norms = {}
+    if _is_part(qk_norm):
+        norms = {"q_norm": qk_norm(d_model=head_dim), "k_norm": qk_norm(d_model=head_dim)}
+    return CausalSelfAttention(d_model, num_heads, position=encoding, impl=impl, **norms)
 
 
 # -- feed-forward -----------------------------------------------------------------------------
@@ -74,13 +89,19 @@ def silu(*, d_model: int, d_ff: int | None = None) -> SiLUFFN:
     return silu_ffn(d_model=d_model, d_ff=d_ff)
 
 
+def relu2(*, d_model: int, d_ff: int | None = None) -> ReLU2FFN:
+    """Squared-ReLU feed-forward W2(ReLU(W1 x)^2); d_ff None -> 4 d_model."""
+    return ReLU2FFN(d_model, d_ff)
+
+
 # -- norms ------------------------------------------------------------------------------------
-def rmsnorm(eps: Annotated[float, Gt(0)] = 1e-5, *, d_model: int) -> RMSNorm:
+def rmsnorm(eps: Annotated[float, Gt(0)] = 1e-5, gain: bool = True, *, d_model: int) -> RMSNorm:
     """RMSNorm with a learned gain, computed in float32.
 
     eps: added to the mean square before the square root
+    gain: learn a gain per feature (false: no parameters, x / rms(x))
     """
-    return RMSNorm(d_model, eps=eps)
+    return RMSNorm(d_model, eps=eps, gain=gain)
 
 
 def no_norm(*, d_model: int | None = None) -> Identity:

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from modulm.errors import ModulmError
 from modulm.export import ExportSource, model_name, prepare_out_dir, read_run_checkpoint
+from modulm_transformer.llama_compat import llama_incompatibilities
 
 __all__ = ["HFLlamaExporter", "SafetensorsExporter", "export_hf_llama", "export_safetensors", "load_exported",
            "llama_problems", "pairs_to_halves", "halves_to_pairs"]
@@ -51,7 +52,7 @@ def llama_problems(model_recipe: Mapping[str, Any]) -> list[str]:
             problems.append(f"model.{part} = {got!r} (Llama needs {wanted!r})")
     if model_recipe["d_model"] % model_recipe["num_heads"]:
         problems.append("model.d_model is not divisible by model.num_heads")
-    return problems
+    return problems + llama_incompatibilities(model_recipe)
 
 
 def llama_config(model_recipe: Mapping[str, Any], vocab_size: int, d_ff: int) -> dict[str, Any]:

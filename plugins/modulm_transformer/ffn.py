@@ -1,4 +1,4 @@
-"""Position-wise feed-forward networks: SwiGLU and the plain SiLU ablation."""
+"""Position-wise feed-forward networks: SwiGLU, the plain SiLU ablation and squared ReLU."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ class SwiGLU(nn.Module):
     """``W2(SiLU(W1 x) ⊙ W3 x)``; ``d_ff`` defaults to :func:`swiglu_width` of ``d_model``.
 
     ``SwiGLU(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``;
-    ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``. ``w1`` and ``w3`` keep their own parameters but run as one
-    matmul against the stacked weights, then one gating kernel (:func:`modulm.functional.attention.gated_silu`).
+    ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``.
+    ``w1`` and ``w3`` keep their own parameters but run as one matmul against the stacked weights,
+    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`).
     """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
@@ -48,3 +49,11 @@ class SiLUFFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(silu(self.w1(x)))
+
+
+class ReLU2FFN(SiLUFFN):
+    """``W2(ReLU(W1 x)²)`` (squared ReLU, Primer; modded-nanogpt's MLP): the ungated layout with
+    another activation; ``d_ff`` defaults to ``4 * d_model``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(torch.relu(self.w1(x)).square())

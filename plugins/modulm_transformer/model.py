@@ -7,7 +7,7 @@ nested part as a builder, which this class calls with the sizes it knows.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import torch
 from annotated_types import Ge, Gt
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from modulm import nested
 from modulm.builders import bind
 from modulm.constraints import checks, problem
+from modulm.errors import ModulmError
 from modulm_transformer import components
 from modulm_transformer.accounting import format_accounting, model_accounting
 from modulm_transformer.cache import KVCache
@@ -28,22 +29,29 @@ class TransformerLM(nn.Module):
     ``block, attention, ffn, norm, position`` are builders (callables taking the injected keyword
     arguments of their kind); ``None`` picks the CS336 default. ``position`` also receives
     ``theta=rope_theta``. With ``tie_embeddings`` the LM head and the token embedding share one
-    matrix (initialised as the LM head).
+    matrix (initialised as the LM head). ``logit_softcap > 0`` bounds the logits smoothly:
+    ``cap * tanh(logits / cap)`` (0: off). ``init="zero-out"`` zeroes every block's residual
+    output projections (see :data:`INITS`), so each block starts as the identity.
 
     ``TransformerLM(vocab_size, context_length=512, d_model=512, num_layers=6, num_heads=8,
     d_ff=2048, rope_theta=10000.0, tie_embeddings=False, *, block=None, attention=None, ffn=None,
-    norm=None, position=None)``: int64 ids ``(..., T)`` with ``T <= context_length`` ->
-    logits ``(..., T, vocab_size)``.
+    norm=None, position=None, logit_softcap=0.0, init="cs336")``: int64 ids ``(..., T)`` with
+    ``T <= context_length`` -> logits ``(..., T, vocab_size)``.
     """
 
     def __init__(self, vocab_size: int, context_length: int = 512, d_model: int = 512, num_layers: int = 6,
                  num_heads: int = 8, d_ff: int | None = 2048, rope_theta: float = 10000.0,
                  tie_embeddings: bool = False, *, block=None, attention=None, ffn=None, norm=None,
-                 position=None) -> None:
+                 position=None, logit_softcap: float = 0.0, init: str = "cs336") -> None:
         super().__init__()
+        if not logit_softcap >= 0:
+            raise ValueError(f"logit_softcap must be >= 0 (0 = off), got {logit_softcap}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         block, attention = block or components.prenorm, attention or components.mha
         ffn, norm, position = ffn or components.swiglu, norm or components.rmsnorm, position or components.rope
         self.vocab_size, self.context_length, self.d_model = vocab_size, context_length, d_model
+        self.logit_softcap = float(logit_softcap)
 
         self.token_embeddings = Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(
@@ -55,6 +63,8 @@ class TransformerLM(nn.Module):
         self.lm_head = Linear(d_model, vocab_size)
         if tie_embeddings:
             self.token_embeddings.weight = self.lm_head.weight
+        if init == "zero-out":
+            zero_output_projections(self.layers)
 
     def forward(self, token_ids: Tensor, cache: KVCache | None = None) -> Tensor:
         """Logits for ``token_ids``; with ``cache``, ``token_ids`` continue the cached sequence."""
@@ -71,7 +81,10 @@ class TransformerLM(nn.Module):
             for layer, layer_cache in zip(self.layers, cache.layers):
                 x = layer(x, positions, kv_cache=layer_cache)
             cache.position = end
-        return self.lm_head(self.ln_final(x))
+        logits = self.lm_head(self.ln_final(x))
+        if self.logit_softcap:
+            logits = soft_cap(logits, self.logit_softcap)
+        return logits
 
     def accounting(self, batch_size: int = 1, context_length: int | None = None, dtype=torch.float32) -> dict:
         """Parameters, FLOPs and memory: see :func:`modulm_transformer.accounting.model_accounting`."""
@@ -116,6 +129,8 @@ def transformer(
     ffn: nested("ffn") = "swiglu",
     norm: nested("norm") = "rmsnorm",
     position: nested("position") = "rope",
+    logit_softcap: Annotated[float, Ge(0)] = 0.0,
+    init: Literal["cs336", "zero-out"] = "cs336",
     *,
     vocab_size: int,
 ) -> TransformerLM:
@@ -133,6 +148,40 @@ def transformer(
     ffn: feed-forward component
     norm: normalisation used in every block and before the LM head
     position: position encoding applied to queries and keys
+    logit_softcap: bound the logits smoothly to (-cap, cap) with cap * tanh(logits / cap); 0 = off
+    init: "cs336" (every matrix from the CS336 truncated normal) or "zero-out" (attention and FFN output projections start at zero)
     """
-    return TransformerLM(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta, tie_embeddings,
-                         block=block, attention=attention, ffn=ffn, norm=norm, position=position)
+    try:
+        return TransformerLM(vocab_size, context_length, d_model, num_layers, num_heads, d_ff, rope_theta,
+                             tie_embeddings, block=block, attention=attention, ffn=ffn, norm=norm, position=position,
+                             logit_softcap=logit_softcap, init=init)
+    except ValueError as exc:
+        if "init 'zero-out'" in str(exc):  # a user's part without the projection: a recipe mistake
+            raise ModulmError(f"model.init = 'zero-out': {exc}") from None
+        raise
+
+
+def soft_cap(logits: Tensor, cap: float) -> Tensor:
+    """``cap * tanh(logits / cap)``: about the identity for ``|logits| << cap``, always within ``(-cap, cap)``."""
+    return torch.tanh(logits / cap) * cap
+
+
+#: Whole-model initialisations. "zero-out" zeroes the output projection of every block's attention
+#: (``output_proj``) and feed-forward (``w2``): each block then adds nothing to the residual stream at
+#: step 0 and starts as the identity (modded-nanogpt, nanochat).
+INITS = ("cs336", "zero-out")
+
+#: The attribute holding the residual output projection of a block's attention and feed-forward.
+OUTPUT_PROJECTIONS = {"attn": "output_proj", "ffn": "w2"}
+
+
+def zero_output_projections(layers: nn.ModuleList) -> None:
+    """Zero each block's attention ``output_proj`` and feed-forward ``w2`` weights (ValueError if absent)."""
+    for index, layer in enumerate(layers):
+        for part, attribute in OUTPUT_PROJECTIONS.items():
+            projection = getattr(getattr(layer, part, None), attribute, None)
+            if not isinstance(getattr(projection, "weight", None), torch.Tensor):
+                raise ValueError(f"init 'zero-out' needs layers[{index}].{part}.{attribute}.weight; "
+                                 f"this {part} component has no such output projection")
+            with torch.no_grad():
+                projection.weight.zero_()

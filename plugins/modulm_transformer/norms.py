@@ -10,22 +10,27 @@ from torch.autograd.function import once_differentiable
 class RMSNorm(nn.Module):
     """``x / sqrt(mean(x²) + eps) * weight`` over the last dim, with gain ``weight`` initialised to 1.
 
-    Computes in float32 (float64 stays float64) and returns the input's dtype.
+    Computes in float32 (float64 stays float64) and returns the input's dtype. With ``gain=False``
+    the gain is a constant 1 (a non-persistent buffer, no parameters).
 
-    ``RMSNorm(d_model, eps=1e-5, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``.
+    ``RMSNorm(d_model, eps=1e-5, device=None, dtype=None, gain=True)``: ``(..., d_model) -> (..., d_model)``.
     """
 
-    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None) -> None:
+    def __init__(self, d_model: int, eps: float = 1e-5, device=None, dtype=None, gain: bool = True) -> None:
         super().__init__()
         self.d_model = d_model
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
+        ones = torch.ones(d_model, device=device, dtype=dtype)
+        if gain:
+            self.weight = nn.Parameter(ones)
+        else:
+            self.register_buffer("weight", ones, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return _RMSNorm.apply(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.d_model}, eps={self.eps}"
+        return f"{self.d_model}, eps={self.eps}" + ("" if isinstance(self.weight, nn.Parameter) else ", gain=False")
 
 
 class _RMSNorm(torch.autograd.Function):

@@ -1,0 +1,172 @@
+"""The muon optimizer: torch.optim.Muon on the hidden matrices, modulm's AdamW on the rest."""
+
+from __future__ import annotations
+
+import copy as copy_module
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modulm.assemble import assemble, create
+from modulm.errors import ModulmError
+from modulm.testing import check_optimizer, check_orthogonalising_optimizer
+from modulm.testing.optim_checks import conditioned_matrix
+from modulm.trainer import Trainer
+from modulm_optim import AdamW
+from modulm_optim.muon import is_hidden_matrix, muon
+from tests.test_trainer import tiny_recipe
+
+SHAPES = {"layers.0.attn.q_proj.weight": (16, 8), "layers.0.ffn.w2.weight": (8, 24), "layers.0.ln1.weight": (8,),
+          "token_embeddings.weight": (30, 8), "lm_head.weight": (30, 8)}
+
+
+def named_params(seed: int = 0) -> list[tuple[str, torch.nn.Parameter]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(name, torch.nn.Parameter(torch.randn(shape, generator=g))) for name, shape in SHAPES.items()]
+
+
+def clone(params):
+    return [(name, torch.nn.Parameter(p.detach().clone())) for name, p in params]
+
+
+def run_steps(optimizers_and_params, steps: int, lrs, seed: int = 1) -> None:
+    """Give every copy the same random gradients and the same per-step lr (as the trainer sets it)."""
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        grads = [torch.randn(p.shape, generator=g) for p in optimizers_and_params[0][1]]
+        for optimizer, params in optimizers_and_params:
+            for p, grad in zip(params, grads):
+                p.grad = grad.clone()
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[step]
+            optimizer.step()
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    {"adjust_lr_fn": "match_rms_adamw", "lr": 3e-3, "weight_decay": 0.1},
+    {"nesterov": False, "momentum": 0.9, "weight_decay": 0.05},
+    {"ns_steps": 3, "lr": 0.05},
+])
+def test_matrix_part_matches_torch_muon_within_1e_6(registry, settings):
+    ours_params = named_params()
+    matrices = [p for name, p in clone(ours_params) if is_hidden_matrix(name, p)]
+    ours = create(registry, "optimizer", {"component": "muon", **settings}, params=ours_params)
+    torch_settings = {k: v for k, v in settings.items() if k != "lr"}
+    lr = settings.get("lr", 0.02)
+    theirs = torch.optim.Muon(matrices, lr=lr, weight_decay=torch_settings.pop("weight_decay", 0.1), **torch_settings)
+    ours_matrices = [p for name, p in ours_params if is_hidden_matrix(name, p)]
+    lrs = [lr * (1 - step / 8) for step in range(6)]  # a schedule changes group["lr"] every step
+    g = torch.Generator().manual_seed(1)
+    for step in range(6):
+        for (_, p) in ours_params:
+            p.grad = torch.randn(p.shape, generator=g)
+        for p, q in zip(ours_matrices, matrices):
+            q.grad = p.grad.clone()
+        for optimizer in (ours, theirs):
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[step]
+            optimizer.step()
+    assert len(matrices) == 2
+    for p, q in zip(ours_matrices, matrices):
+        assert (p - q).abs().max() <= 1e-6
+
+
+def test_other_parameters_follow_adamw_at_adamw_lr_through_the_schedule(registry):
+    ours_params = named_params()
+    others = [(name, p) for name, p in clone(ours_params) if not is_hidden_matrix(name, p)]
+    ours = create(registry, "optimizer", {"component": "muon", "lr": 0.02, "adamw_lr": 4e-3, "beta2": 0.99,
+                                          "weight_decay": 0.1, "adamw_weight_decay": 0.01}, params=ours_params)
+    reference = AdamW([p for _, p in others], lr=4e-3, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    schedule = [0.02 * f for f in (0.1, 0.5, 1.0, 0.7, 0.3)]
+    g = torch.Generator().manual_seed(3)
+    for lr in schedule:
+        for _, p in ours_params:
+            p.grad = torch.randn(p.shape, generator=g)
+        for (name, p), (_, q) in zip([(n, p) for n, p in ours_params if not is_hidden_matrix(n, p)], others):
+            q.grad = p.grad.clone()
+        for group in ours.param_groups:
+            group["lr"] = lr
+        for group in reference.param_groups:
+            group["lr"] = lr * 4e-3 / 0.02  # the same schedule, scaled to AdamW's own peak
+        ours.step(), reference.step()
+    for (name, p), (_, q) in zip([(n, p) for n, p in ours_params if not is_hidden_matrix(n, p)], others):
+        assert torch.equal(p, q), name
+
+
+def test_split_by_name_and_shape_and_the_override(registry):
+    params = named_params()
+    optimizer = create(registry, "optimizer", {"component": "muon"}, params=params)
+    names = {id(p): name for name, p in params}
+    muon = {names[id(p)] for group in optimizer.param_groups if group["muon"] for p in group["params"]}
+    assert muon == {"layers.0.attn.q_proj.weight", "layers.0.ffn.w2.weight"}
+    params = named_params()
+    optimizer = create(registry, "optimizer", {"component": "muon", "adamw_params": ["*.ffn.*"]}, params=params)
+    names = {id(p): name for name, p in params}
+    muon = {names[id(p)] for group in optimizer.param_groups if group["muon"] for p in group["params"]}
+    assert muon == {"layers.0.attn.q_proj.weight", "token_embeddings.weight", "lm_head.weight"}
+
+
+def test_no_decay_patterns_exempt_either_part(registry):
+    params = named_params()
+    optimizer = create(registry, "optimizer", {"component": "muon", "no_decay": ["*ffn*", "*ln1*"]}, params=params)
+    names = {id(p): name for name, p in params}
+    decay = {names[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay["layers.0.ffn.w2.weight"] == 0.0 and decay["layers.0.ln1.weight"] == 0.0
+    assert decay["layers.0.attn.q_proj.weight"] == 0.1 and decay["lm_head.weight"] == 0.1
+
+
+def test_passes_the_optimizer_and_orthogonalisation_checks():
+    check_optimizer("muon")
+    check_optimizer("muon", lr=None)
+    check_orthogonalising_optimizer("muon")
+    check_orthogonalising_optimizer("muon", {"adjust_lr_fn": "match_rms_adamw", "nesterov": False})
+
+
+@given(st.integers(2, 48), st.integers(2, 48), st.floats(1.0, 100.0), st.integers(0, 2**16))
+def test_orthogonalised_update_has_singular_values_near_one(rows, cols, condition, seed):
+    """One step from zero state and a zero matrix: the step is lr * scale * NS5(G), whose singular
+    values all lie in a narrow band around 1 for a full-rank G (condition number <= 100)."""
+    weight = torch.nn.Parameter(torch.zeros(rows, cols))
+    optimizer = muon(lr=1.0, weight_decay=0.0, adjust_lr_fn="original", params=[("layers.0.w", weight)])
+    weight.grad = conditioned_matrix(seed, rows, cols, condition)
+    optimizer.step()
+    scale = max(1.0, rows / cols) ** 0.5
+    singular = torch.linalg.svdvals(weight.detach().double()) / scale
+    assert singular.min() >= 0.6 and singular.max() <= 1.25, (rows, cols, singular.min(), singular.max())
+
+
+def test_bad_settings_are_one_line_recipe_errors(registry):
+    with pytest.raises(ModulmError, match="optimizer muon: momentum must be in"):
+        create(registry, "optimizer", {"component": "muon", "momentum": 1.5}, params=named_params())
+    with pytest.raises(ModulmError, match="optimizer.adamw_params: expected list"):
+        create(registry, "optimizer", {"component": "muon", "adamw_params": "lm_head.*"}, params=named_params())
+
+
+def test_state_dict_round_trips_and_resumes_exactly():
+    params = named_params()
+    first = muon(params=params)
+    run_steps([(first, [p for _, p in params])], 3, [0.02] * 3)
+    copy = clone(params)
+    state = copy_module.deepcopy(first.state_dict())  # as a checkpoint would: not the live tensors
+    second = muon(params=copy)
+    second.load_state_dict(state)
+    run_steps([(first, [p for _, p in params]), (second, [p for _, p in copy])], 4, [0.02, 0.01, 0.015, 0.005], seed=9)
+    for (name, p), (_, q) in zip(params, copy):
+        assert torch.equal(p, q), name
+
+
+def test_a_split_run_with_muon_resumes_bit_identically(tmp_path):
+    def recipe(path):
+        path.mkdir()
+        return tiny_recipe(path, optimizer__component="muon", optimizer__lr=0.02, optimizer__adamw_lr=3e-3)
+
+    straight = Trainer(assemble(recipe(tmp_path / "a"))).run()
+    split = recipe(tmp_path / "b")
+    first = Trainer(assemble(split)).run(stop_at=5)
+    second = Trainer(assemble(split)).run()
+    assert sorted(second.train_losses) == [5, 6, 7]
+    assert {**first.train_losses, **second.train_losses} == straight.train_losses
+    assert second.final_eval.loss == straight.final_eval.loss
