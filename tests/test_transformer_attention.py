@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 
 from modulm.assemble import create
 from modulm_transformer import CausalSelfAttention, RotaryPositionalEmbedding
+from modulm.functional.attention import causal_mask, scaled_dot_product_attention
+from modulm_transformer import attention as attention_module
+from modulm_transformer.attention import fused_causal_attention
 from modulm_transformer.cache import LayerKVCache
 
 seeds = st.integers(0, 2**31 - 1)
@@ -156,3 +159,45 @@ def test_registered_mha_builds_position_per_head(registry):
     no_position = create(registry, "attention", "mha", d_model=8, num_heads=2, context_length=4, position=None)
     x = randn(0, 4, 8)
     assert no_position(x).shape == x.shape
+
+
+@given(seed=seeds, layout=head_layouts, t=st.integers(1, 8))
+def test_fused_projection_equals_three_separate_projections(seed, layout, t):
+    """q, k and v from one matmul against the stacked weights equal the three separate matmuls,
+    and so do the gradients of the three weights."""
+    attn = make_attention(seed, *layout)
+    x = randn(seed, 2, t, attn.d_model)
+    fused = attn._project(x)
+    separate = [attn._split_heads(p(x)) for p in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    for ours, theirs in zip(fused, separate):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    upstream = [randn(seed + i, *o.shape) for i, o in enumerate(fused)]
+    weights = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]
+    fused_grads = torch.autograd.grad(fused, weights, upstream)
+    separate_grads = torch.autograd.grad(separate, weights, upstream)
+    for ours, theirs in zip(fused_grads, separate_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@given(seed=seeds, layout=head_layouts, keys=st.integers(1, 8), data=st.data())
+def test_fused_causal_attention_equals_scratch_for_every_query_count(seed, layout, keys, data):
+    """The accelerator path (training, decoding one query, a chunk after a cache) is the same
+    function as the from-scratch one; run here on the CPU, where torch's kernels accept the same calls."""
+    num_heads, head_dim = layout
+    queries = data.draw(st.integers(1, keys), label="queries")
+    q = randn(seed, 2, num_heads, queries, head_dim)
+    k, v = randn(seed + 1, 2, num_heads, keys, head_dim), randn(seed + 2, 2, num_heads, keys, head_dim)
+    expected = scaled_dot_product_attention(q, k, v, causal_mask(queries, keys))
+    torch.testing.assert_close(fused_causal_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("impl", "queries"), [("sdpa", 4), ("sdpa", 1), ("sdpa", 2), ("scratch", 1), ("scratch", 2)])
+def test_sdpa_impl_takes_the_fused_kernel_for_every_query_count(monkeypatch, impl, queries):
+    device, fused = "cpu", impl == "sdpa"
+    calls = []
+    monkeypatch.setattr(attention_module, "fused_causal_attention", lambda q, k, v: calls.append(q) or q)
+    attn = make_attention(0, 2, 4, impl=impl).to(device)
+    q = torch.zeros(1, 2, queries, 4, device=device)
+    kv = torch.zeros(1, 2, 4, 4, device=device)
+    attn._attend(q, kv, kv)
+    assert bool(calls) == fused

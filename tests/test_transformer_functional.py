@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modulm.functional.attention import causal_mask, scaled_dot_product_attention, silu, softmax
+from modulm.functional.attention import causal_mask, gated_silu, scaled_dot_product_attention, silu, softmax
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)  # up to +-3.4e38
 rows = st.lists(finite, min_size=1, max_size=12)
@@ -112,6 +112,33 @@ def test_silu_gradient_passes_gradcheck():
 def test_silu_keeps_bfloat16():
     x = randn(0, 5, dtype=torch.bfloat16)
     assert silu(x).dtype == torch.bfloat16
+
+
+# -- gated silu (SwiGLU's gate) ---------------------------------------------------------------------
+@given(seeds, st.lists(st.integers(1, 4), min_size=0, max_size=2), st.integers(1, 6))
+def test_gated_silu_matches_torch_in_value_and_gradient(seed, lead, half):
+    h = (randn(seed, *lead, 2 * half) * 5).requires_grad_()
+    upstream = randn(seed + 1, *lead, half)
+    ours = gated_silu(h)
+    ours.backward(upstream)
+    grad = h.grad.clone()
+    h.grad = None
+    a, b = h.chunk(2, dim=-1)
+    expected = F.silu(a) * b
+    expected.backward(upstream)
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, h.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_gated_silu_gradient_passes_gradcheck():
+    h = torch.linspace(-6, 6, 24, dtype=torch.float64).reshape(2, 12).requires_grad_()
+    assert torch.autograd.gradcheck(gated_silu, (h,))
+
+
+def test_gated_silu_keeps_bfloat16_and_rejects_odd_widths():
+    assert gated_silu(randn(0, 3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="even"):
+        gated_silu(randn(0, 3, 7))
 
 
 # -- causal mask ------------------------------------------------------------------------------------

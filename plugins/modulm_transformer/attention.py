@@ -22,7 +22,7 @@ class CausalSelfAttention(nn.Module):
     and keys of every head alike. ``q_norm`` and ``k_norm`` (modules over the head width, default
     none) normalise each head's queries and keys after the projections and before ``position``
     (QK-norm). ``impl="sdpa"`` uses ``torch.nn.functional.scaled_dot_product_attention``
-    (on an accelerator also for cached decoding); ``impl="scratch"`` uses
+    (for cached decoding too); ``impl="scratch"`` uses
     :func:`modulm.functional.attention.scaled_dot_product_attention`. The three projections keep
     their own parameters (and state-dict names) but run as one matmul against the stacked weights.
 
@@ -76,11 +76,10 @@ class CausalSelfAttention(nn.Module):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal attention of the last ``q`` positions over all ``k`` positions."""
-        if self.impl == "sdpa" and (q.shape[-2] == k.shape[-2] or q.device.type != "cpu"):
+        if self.impl == "sdpa":
             return fused_causal_attention(q, k, v)
-        # Cached decoding on the CPU (few queries over many keys) takes the plain path on purpose:
-        # torch's CPU fused kernel is several times slower there than the two small matmuls here.
-        mask = None if q.shape[-2] == 1 else causal_mask(q.shape[-2], k.shape[-2], q.device)
+        num_queries = q.shape[-2]
+        mask = None if num_queries == 1 else causal_mask(num_queries, k.shape[-2], q.device)
         return scaled_dot_product_attention(q, k, v, mask)
 
     def extra_repr(self) -> str:

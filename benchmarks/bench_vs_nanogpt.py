@@ -1,0 +1,179 @@
+"""Training-step throughput of modulm against nanoGPT's own model and optimizer, side by side.
+
+One step = forward, loss, backward, optimizer step, zero_grad, on random tokens. nanoGPT's side is
+``model.py`` of a nanoGPT checkout imported unmodified from ``--nanogpt DIR`` (``GPT`` with
+``bias=False``, dropout 0, and its own ``configure_optimizers``: torch's AdamW, two decay groups,
+F.cross_entropy inside its forward). modulm's side is ``TransformerLM`` (the CS336 defaults: RoPE,
+SwiGLU, RMSNorm, untied head) with ``modulm_optim.AdamW`` and the trainer's loss
+(``modulm.functional.loss.cross_entropy``). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
+own (GELU, 4 x d), and the configs' SwiGLU ``d_ff`` makes 3 d d_ff equal to within 2% of nanoGPT's
+8 d^2, so the matmul FLOPs per token agree to within 1% (MFU is computed from each model's own
+shapes, so the small difference is accounted for).
+
+Rounds are interleaved in one process (nanoGPT then modulm, the order alternating per round);
+each row reports the median over rounds of each round's median step time. The fp32 (and, where
+used, bf16) matmul rate is sampled between rounds, and MFU is a step's training FLOPs (3 x the
+forward matmul FLOPs, attention scores over the full T x T square) over the step time and that rate.
+
+    flock /tmp/modulm-bench.lock python benchmarks/bench_vs_nanogpt.py --nanogpt /path/to/nanoGPT
+        [--threads 1,2] [--configs tiny,small] [--dtypes fp32,bf16] [--rounds 3] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from modulm.functional.loss import cross_entropy
+from modulm_optim.adamw import AdamW
+from modulm_transformer import TransformerLM
+from modulm_transformer.accounting import forward_flops_per_token
+
+from bench_train_step import CONFIGS, Config  # bench-tiny and bench-small, defined once there
+
+LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
+
+
+def load_nanogpt(directory: Path):
+    """nanoGPT's ``model`` module, imported from ``directory/model.py`` as it is."""
+    spec = importlib.util.spec_from_file_location("nanogpt_model", directory / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bf16_native() -> bool:
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class Side:
+    """One model, its optimizer and a step function; ``times`` holds each round's step times."""
+
+    def __init__(self, name: str, model, optimizer, loss_of, flops_per_step: float) -> None:
+        self.name, self.model, self.optimizer, self.loss_of = name, model, optimizer, loss_of
+        self.flops_per_step = flops_per_step
+        self.round_medians: list[float] = []
+
+    def step(self, inputs, targets, autocast: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = self.loss_of(inputs, targets)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+
+def nanogpt_side(nanogpt, cfg: Config) -> Side:
+    conf = nanogpt.GPTConfig(block_size=cfg.context_length, vocab_size=cfg.vocab_size, n_layer=cfg.num_layers,
+                             n_head=cfg.num_heads, n_embd=cfg.d_model, dropout=0.0, bias=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints parameter counts
+        model = nanogpt.GPT(conf)
+        optimizer = model.configure_optimizers(WEIGHT_DECAY, LR, BETAS, "cpu")
+    linear = forward_flops_per_token(model, cfg.context_length)["total"]  # its nn.Linear layers
+    scores = 4 * cfg.context_length * cfg.d_model * cfg.num_layers  # QK^T and softmax.V
+    flops = 3 * (linear + scores) * cfg.batch_size * cfg.context_length
+    return Side("nanoGPT", model, optimizer, lambda x, y: model(x, y)[1], flops)
+
+
+def modulm_side(cfg: Config) -> Side:
+    model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff)
+    optimizer = AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    flops = 3 * forward_flops_per_token(model, cfg.context_length)["total"] * cfg.batch_size * cfg.context_length
+    return Side("modulm", model, optimizer, lambda x, y: cross_entropy(model(x), y), flops)
+
+
+class MatmulRate:
+    """FLOP/s of an n x n x n product in one dtype, sampled between rounds; ``peak`` is the best
+    sample (on a loaded machine the median would measure the other processes)."""
+
+    def __init__(self, dtype: torch.dtype, n: int = 1024) -> None:
+        self.n, self.a, self.b = n, torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        self.samples: list[float] = []
+        self.sample()
+
+    def sample(self) -> None:
+        start = time.perf_counter()
+        for _ in range(3):
+            torch.mm(self.a, self.b)
+        self.samples.append(3 * 2 * self.n**3 / (time.perf_counter() - start))
+
+    @property
+    def peak(self) -> float:
+        return max(self.samples)
+
+
+def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, rounds: int, steps: int,
+            warmup: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batch = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context_length), generator=gen) for _ in range(2)]
+    for side in sides:
+        side.round_medians = []
+        for _ in range(warmup):
+            side.step(*batch, autocast)
+    for r in range(rounds):
+        rate.sample()
+        rate.sample()
+        for side in (sides if r % 2 == 0 else sides[::-1]):
+            side.round_medians.append(statistics.median(side.step(*batch, autocast) for _ in range(steps)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout (its model.py is imported unmodified)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--configs", default="tiny,small", help="comma-separated: tiny, small")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16 (bf16 autocast only where native)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (medians over them)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before each row")
+    args = parser.parse_args()
+    if args.nanogpt is None or not (args.nanogpt / "model.py").is_file():
+        print("skipped: pass --nanogpt DIR, a checkout of https://github.com/karpathy/nanoGPT (DIR/model.py)")
+        return 0
+    nanogpt = load_nanogpt(args.nanogpt)
+    dtypes = args.dtypes.split(",")
+    if "bf16" in dtypes and not bf16_native():
+        print("bf16 rows skipped: this CPU has no native bf16 matmul (it would be emulated)")
+        dtypes.remove("bf16")
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16 {bf16_native()}, {args.rounds} rounds x {args.steps} steps")
+    rows = []
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        rates = {"fp32": MatmulRate(torch.float32)}
+        if "bf16" in dtypes:
+            rates["bf16"] = MatmulRate(torch.bfloat16)
+        for key in args.configs.split(","):
+            cfg = CONFIGS[key]
+            torch.manual_seed(0)
+            sides = [nanogpt_side(nanogpt, cfg), modulm_side(cfg)]
+            for dtype in dtypes:
+                run_row(sides, cfg, dtype == "bf16", rates[dtype], args.rounds, args.steps, args.warmup)
+                rows.append((threads, cfg, dtype, rates[dtype], [(s, statistics.median(s.round_medians)) for s in sides]))
+                print(f"  done: {threads} thread(s) {cfg.name} {dtype}", file=sys.stderr, flush=True)
+        for dtype, rate in rates.items():
+            print(f"{threads} thread(s): {dtype} matmul peak (best of samples between rounds) "
+                  f"{rate.peak / 1e9:.0f} GFLOP/s")
+    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | nanoGPT MFU | modulm MFU |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for threads, cfg, dtype, rate, results in rows:
+        (_, t_nano), (modulm, t_ours) = results
+        n_tok = cfg.batch_size * cfg.context_length
+        nano_side = results[0][0]
+        print(f"| {cfg.name} | {threads} | {dtype} | {n_tok / t_nano:.0f} | {n_tok / t_ours:.0f} | "
+              f"{t_nano / t_ours:.2f} | {100 * nano_side.flops_per_step / t_nano / rate.peak:.0f}% | "
+              f"{100 * modulm.flops_per_step / t_ours / rate.peak:.0f}% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
