@@ -23,7 +23,7 @@ from modulm_transformer import TransformerLM
 
 
 def main(out: Path) -> None:
-    sharding = strategy(DistributedSettings(backend="gloo", strategy="fsdp"), SystemSettings(device="cpu"))
+    sharding = strategy(DistributedSettings(backend="gloo", strategy="fsdp"), SystemSettings(device="cpu", dtype="float32"))
     rank, world = sharding.ctx.rank, sharding.ctx.world_size
     torch.manual_seed(0)
     whole = TransformerLM(64, context_length=8, d_model=16, num_layers=2, num_heads=2, d_ff=32)

@@ -48,7 +48,7 @@ def tiny_recipe(root: Path, run: str, batch_size: int, **changes) -> dict:
         "training": {"batch_size": batch_size, "max_iterations": 8, "grad_accum_steps": 2},
         "checkpointing": {"checkpoint_dir": str(root / run), "checkpoint_interval": 4, "keep_last": 1000},
         "logging": {"log_interval": 1, "eval_interval": 4, "eval_iters": 2},
-        "system": {"device": "cpu", "seed": 7},
+        "system": {"device": "cpu", "dtype": "float32", "seed": 7},
         "distributed": {"backend": "gloo", "timeout_seconds": 20},
         "generation": {"max_tokens": 0},
         "loggers": [{"component": "console", "timestamps": False}, {"component": "file"}, {"component": "jsonl"}],
