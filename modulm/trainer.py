@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shlex
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 import modulm
-from modulm import distributed, preflight, rundir
+from modulm import distributed, preflight, rundir, runlines
 from modulm.checkpoint import rng_state, set_rng_state, unwrap
 from modulm.errors import ModulmError
 from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
@@ -147,41 +146,6 @@ class Trainer:
             write()
         except OSError as exc:
             raise ModulmError(f"{exc.filename or path}: cannot {what}: {exc.strerror or exc}") from None
-
-    def _start_lines(self, resume_path: Path | None) -> list[str]:
-        tokens_per_step = self.global_batch * self.context_length
-        lines = [f"Starting Transformer Language Model Training (modulm {modulm.__version__})",
-                 f"Using device: {self.device} | dtype: {self.runtime.dtype} | compile: {self.system.compile}",
-                 *self.runtime.lines]
-        if self.dist.enabled:
-            lines.append(f"Distributed: {self.dist.world_size} processes ({self.dist.backend}), {self.strategy.describe()}; "
-                         "rank 0 writes the run directory")
-        lines.append(self.strategy.memory(self.model, self.optimizer).line(self.strategy.name, self.dist.world_size))
-        lines += list(self.data.describe()) if hasattr(self.data, "describe") else []
-        per_step = (f"{self.training.batch_size} sequences" if not self.dist.enabled else
-                    f"{self.training.batch_size} sequences per process x {self.dist.world_size} processes")
-        lines += [self._parameters_line(),
-                  f"Batch: {per_step} x {self.context_length} tokens = {tokens_per_step:,} "
-                  f"tokens per step (global batch = {self.global_batch}, grad_accum_steps = {self.training.grad_accum_steps})",
-                  f"Run directory: {self.run_dir}"]
-        if resume_path is not None:
-            lines.append(f"Resuming from {resume_path} at iteration {self.iteration}")
-        lines += getattr(self, "_notes", [])
-        if self.system.compile:
-            lines.append("torch.compile: the first step (and the first evaluation) compiles the model; "
-                         "expect a pause of tens of seconds before the first log line")
-        lines.append("Starting training loop")
-        return lines
-
-    def _parameters_line(self) -> str:
-        """Parameter counts as ``modulm info`` gives them, when the model offers its own accounting."""
-        accounting = getattr(self.model, "accounting", None)
-        total = sum(p.numel() for p in self.model.parameters())
-        if not callable(accounting):
-            return f"Model initialized with {total:,} trainable parameters"
-        params = accounting()["params"]
-        return (f"Model initialized with {params['total']:,} trainable parameters ({params['non_embedding']:,} "
-                "non-embedding: without the token embedding and LM head, as modulm info counts)")
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save(self, path: Path, loss: float | None = None) -> Path:
@@ -319,7 +283,7 @@ class Trainer:
             if self.dist.is_main:
                 print(preflight.complete_message(self.run_dir, self.iteration, self.training.max_iterations, resume_path))
             return result
-        self._log(event="start", lines=self._start_lines(resume_path), step=self.iteration)
+        self._log(event="start", lines=runlines.start_lines(self, resume_path), step=self.iteration)
         if self.runtime.precision.warning:
             self._log(event="message", level="WARNING", text=self.runtime.precision.warning)
         last_stop = self.training.max_iterations if stop_at is None else min(stop_at, self.training.max_iterations)
@@ -378,7 +342,7 @@ class Trainer:
             # under fsdp every forward gathers parameters, so every rank decodes (the same tokens)
             result.sample = self._sample() if self.dist.is_main or self.strategy.collective_forward else ""
             self._log(event="end", lines=[f"Training complete: {self.iteration} iterations in {self.elapsed:.1f}s "
-                                          f"({self.tokens_seen:,} tokens)", *self._next_steps()], step=self.iteration)
+                                          f"({self.tokens_seen:,} tokens)", *runlines.next_steps(self.run_dir, self.a.generation.prompt)], step=self.iteration)
             return result
         except ModulmError as exc:  # divergence, a failing save: in training.log too, not only on stderr
             self._log_error(str(exc))
@@ -397,20 +361,6 @@ class Trainer:
     def _log_error(self, text: str) -> None:
         with contextlib.suppress(OSError):  # the log itself may be what cannot be written
             self._log(event="error", level="ERROR", text=text)
-
-    def _next_steps(self) -> list[str]:
-        """Where the run's outputs are and the commands that use them."""
-        run_dir = self.run_dir
-        have = [name for name in (rundir.FINAL, rundir.BEST, rundir.RECIPE, "training.log", "metrics.jsonl")
-                if (run_dir / name).exists()]
-        have += [rundir.TOKENIZER + "/"] if (run_dir / rundir.TOKENIZER).is_dir() else []
-        final = shlex.quote(str(run_dir / rundir.FINAL))
-        lines = [f"Outputs in {run_dir}: {', '.join(have)}", "Next:",
-                 f"  modulm generate {final} --prompt {shlex.quote(self.a.generation.prompt or 'Once upon a time')}"]
-        if (run_dir / "metrics.jsonl").exists():
-            lines.append(f"  modulm plot {shlex.quote(str(run_dir))} --out {shlex.quote(str(run_dir / 'loss.png'))}")
-        lines.append(f"  modulm export {final} {shlex.quote(str(run_dir / 'export'))}")
-        return lines
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop_signal = signal.Signals(signum).name

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
-
-import annotated_types as at
 
 import pytest
 import torch
 from torch import nn
 
 from modulm import hookimpl
-from modulm.constraints import checks
 from modulm.assemble import create
 from modulm.testing import (check_attention, check_data_source, check_ffn, check_logger, check_model,
                             check_model_block, check_norm, check_optimizer, check_orthogonalising_optimizer,
-                            check_position, check_schedule, check_declared_ranges, check_tokenizer)
+                            check_position, check_schedule, check_tokenizer)
 from tests.kit_support import REGISTRY, TINY_MODEL, write_tokens
 
 
@@ -371,54 +367,6 @@ class LosesMergesOnLoad(BPETokenizer):
 def test_tokenizer_check_rejects(mutant, rule):
     with pytest.raises(AssertionError, match=rule):
         check_tokenizer(mutant, {"vocab_size": 300})
-
-
-# -- declared ranges ----------------------------------------------------------------------------
-def predicate_ranged(scale: Annotated[float, at.Predicate(lambda v: v > 0)] = 1.0, *, d_model: int):
-    """A norm whose range is a predicate: validation cannot enforce it."""
-    return nn.Identity()
-
-
-def default_outside(scale: Annotated[float, at.Gt(0)] = 0.0, *, d_model: int):
-    """A norm whose default lies outside its own declared range."""
-    return nn.Identity()
-
-
-@checks(lambda p: ["scale must be at least 2"] if p["scale"] < 2 else [])
-def rule_refuses_defaults(scale: Annotated[float, at.Gt(0)] = 1.0, *, d_model: int):
-    """A norm whose cross-field rule refuses its own defaults."""
-    return nn.Identity()
-
-
-def unresolvable(scale: Annotated[float, NotImportedMarker(0)] = 1.0, *, d_model: int):  # noqa: F821
-    """A norm whose range names a marker its module never imported: nothing is checked."""
-    return nn.Identity()
-
-
-@pytest.mark.parametrize("mutant, rule", [(predicate_ranged, "does not enforce"), (unresolvable, "cannot be resolved"),
-                                           (default_outside, "outside its own range"),
-                                           (rule_refuses_defaults, "do not validate")])
-def test_range_check_rejects(mutant, rule):
-    with pytest.raises(AssertionError, match=rule):
-        check_declared_ranges("norm", mutant)
-
-
-def test_range_check_rejects_a_validator_that_ignores_ranges(monkeypatch):
-    """A core whose validation forgot the ranges: the kit check on a built-in must notice."""
-    import modulm.validate
-
-    check_declared_ranges("optimizer", "adamw", registry=REGISTRY)
-    monkeypatch.setattr(modulm.validate, "violation", lambda value, constraints: None)
-    with pytest.raises(AssertionError, match="validation did not refuse it"):
-        check_declared_ranges("optimizer", "adamw", registry=REGISTRY)
-
-
-def test_range_check_rejects_a_validator_that_refuses_the_edges(monkeypatch):
-    import modulm.validate
-
-    monkeypatch.setattr(modulm.validate, "violation", lambda value, constraints: "must be elsewhere")
-    with pytest.raises(AssertionError, match="do not validate|but was refused"):
-        check_declared_ranges("optimizer", "sgd", registry=REGISTRY)
 
 
 class MomentumWithoutOrthogonalisation(torch.optim.SGD):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modulm import runtime
+from modulm import runlines, runtime
 from modulm.assemble import assemble
 from modulm.cli import main
 from modulm.errors import ModulmError
@@ -144,7 +144,7 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_once_in_the_log(tmp_path, monke
 def test_start_lines_name_the_precision_and_the_compile_pause(tmp_path):
     trainer = Trainer(assemble(tiny_recipe(tmp_path, system__compile=True)))
     trainer.run_dir = Path(tmp_path / "run")
-    lines = trainer._start_lines(None)
+    lines = runlines.start_lines(trainer, None)
     assert any(line.startswith("Precision: auto: ") for line in lines)
     assert any(line.startswith("torch.compile: the first step") for line in lines)
     assert lines.index("Starting training loop") == len(lines) - 1
