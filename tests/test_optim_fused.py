@@ -1,4 +1,4 @@
-"""AdamW's fused branch (the default on CUDA): the handout's algorithm, to 1e-6, through one kernel."""
+"""AdamW's fused branch (the default on CPU and CUDA): the handout's algorithm, to 1e-6, through one kernel."""
 
 import pytest
 import torch
@@ -25,11 +25,11 @@ def test_fused_path_in_float64_is_the_handout_to_rounding():
     assert max_difference(fused, oracle) <= 1e-12  # decay before the update, or eps unscaled, is far above
 
 
-def test_fused_is_chosen_on_cuda_only_by_default(monkeypatch):
+def test_fused_is_the_default_on_the_cpu_and_fused_false_takes_the_foreach_path(monkeypatch):
     called = []
     monkeypatch.setattr(torch, "_fused_adam_", lambda *a, **k: called.append(1))
     model = small_model()
-    train(model, AdamW(model.parameters(), lr=1e-3), 2)
-    assert called == []  # CPU parameters: the foreach path
-    train(model, AdamW(model.parameters(), lr=1e-3, fused=True), 1)
-    assert called == [1]
+    train(model, AdamW(model.parameters(), lr=1e-3, fused=False), 2)
+    assert called == []  # asked for the foreach path
+    train(model, AdamW(model.parameters(), lr=1e-3), 1)
+    assert called == [1]  # unset on the CPU: the fused kernel

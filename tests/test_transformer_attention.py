@@ -114,6 +114,20 @@ def test_bf16_autocast_attention_returns_bf16_close_to_fp32(impl):
     torch.testing.assert_close(out.float(), attn(x), rtol=5e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("num_queries, num_keys", [(6, 6), (1, 6), (3, 6)])
+def test_cpu_half_precision_inputs_are_attended_in_float32(monkeypatch, num_queries, num_keys):
+    seen = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: seen.append(q.dtype) or real(q, k, v, **kw))
+    q = randn(2, 2, num_queries, 8).bfloat16()
+    k, v = randn(3, 2, num_keys, 8).bfloat16(), randn(4, 2, num_keys, 8).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_causal_attention(q, k, v)
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    expected = fused_causal_attention(q.float(), k.float(), v.float()).bfloat16()
+    assert torch.equal(out, expected)  # the float32 result, rounded once
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "scratch"])
 @given(seed=seeds, layout=head_layouts, chunks=st.lists(st.integers(1, 4), min_size=1, max_size=4))
 def test_attention_with_a_kv_cache_equals_one_full_pass(impl, seed, layout, chunks):

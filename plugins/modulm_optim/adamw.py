@@ -13,10 +13,12 @@ For each parameter with gradient ``g``, at its step ``t = 1, 2, ...``::
 moves, so trajectories agree closely (the tests measure it).
 
 Every parameter of a group at the same step, device and dtype is updated by one ``torch._foreach_*``
-call per line above, not by a Python loop of small ops per tensor. On the CPU the tensors are cut
-into cache-sized rounds first (see :mod:`.rounds`), so all the lines run while the data is in cache.
-On CUDA (``fused``, by default there) the first four lines run as one fused kernel instead: see
-:func:`_fused_update`.
+call per line above, not by a Python loop of small ops per tensor. By default (``fused``
+unset) the first four lines run instead as one fused kernel, ``torch._fused_adam_``, on the CPU and
+on CUDA (see :func:`_fused_update`): on the CPU it makes an AdamW step over bench-tiny's parameters
+6x faster than the foreach chain (0.27 against 1.78 ms, 2 threads) and bench-small's 1.6x. With
+``fused=False`` (and on other devices) the foreach chain runs, its tensors cut into cache-sized
+rounds on the CPU (see :mod:`.rounds`) so all the lines run while the data is in cache.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class AdamW(torch.optim.Optimizer):
     ``AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)``, where ``params``
     is an iterable of tensors or of param-group dicts, as for any torch optimizer. State per
     parameter: ``step`` (an int), ``exp_avg`` (m) and ``exp_avg_sq`` (v). ``fused`` runs the update
-    through torch's fused Adam kernel (None: on CUDA devices only); the algorithm is the same.
+    through torch's fused Adam kernel (None: on CPU and CUDA devices); the algorithm is the same.
     """
 
     def __init__(
@@ -107,7 +109,7 @@ class AdamW(torch.optim.Optimizer):
                 items.append(value)
 
         for (device, _, step), tensors in buckets.items():
-            if self.fused if self.fused is not None else device.type == "cuda":
+            if self.fused if self.fused is not None else device.type in FUSED_DEVICES:
                 _fused_update(*tensors, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
                 continue
             alpha_t = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
@@ -122,6 +124,10 @@ class AdamW(torch.optim.Optimizer):
                     # theta + (-lr*wd) * theta, not theta * (1 - lr*wd): a factor within 1e-5 of 1
                     # loses most of its digits when rounded to float32, and that error compounds.
                     torch._foreach_add_(params, params, alpha=-lr * weight_decay)
+
+
+#: Devices where ``fused=None`` picks torch's fused Adam kernel.
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 def _fused_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], *,
@@ -159,7 +165,7 @@ def adamw(
     eps: added to sqrt(v) in the update's denominator
     weight_decay: decoupled decay: each step theta -= lr * weight_decay * theta
     no_decay: glob patterns of parameter names exempt from weight decay, e.g. ["*norm*", "*ln*"]
-    fused: one fused kernel per update (torch._fused_adam_, same algorithm); unset: on CUDA only
+    fused: one fused kernel per update (torch._fused_adam_, same algorithm); unset: on CPU and CUDA
     """
     problems = _check_hyperparameters(lr, beta1, beta2, eps, weight_decay)
     if problems:
