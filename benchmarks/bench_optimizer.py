@@ -6,8 +6,8 @@
   d_ff 1,344, SwiGLU, untied output; 22.7M parameters, built as plain tensors with random
   gradients), ``modulm_optim.AdamW`` against ``torch.optim.AdamW(foreach=True)``. Target: >= 1.0x.
   ``torch.optim.AdamW(fused=True)`` is shown too, for information, where this torch offers it.
-* Muon: one ``step()`` of modulm's ``muon`` over the same parameters, against modulm's AdamW
-  (information: how much of a step Muon's orthogonalisation costs).
+* Muon: one ``step()`` of modulm's ``muon`` over the same parameters, for each ``ns_dtype``,
+  against modulm's AdamW (information: how much of a step Muon's orthogonalisation costs).
 * Cross-entropy: forward + backward over (2,048 x 10,000) logits (batch 8 x context 256), float32
   and bfloat16, against ``torch.nn.functional.cross_entropy``; and forward only (evaluation).
   Target: >= 1.0x.
@@ -145,11 +145,12 @@ def bench_muon(results: list[dict], device: str, repeats: int, warmup: int) -> N
                                            for part in ("ln1.weight", "attn.q", "attn.k", "attn.v", "attn.o",
                                                         "ln2.weight", "ffn.w1", "ffn.w2", "ffn.w3")]
     names += ["ln_final.weight", "lm_head.weight"]
-    ours_params, theirs_params = parameters_with_grads(device), parameters_with_grads(device)
-    ours = muon(lr=0.02, adamw_lr=3e-4, params=list(zip(names, ours_params)))
-    theirs = AdamW(theirs_params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    ours_s, theirs_s = alternate(ours.step, theirs.step, repeats, warmup, device)
-    report(results, "muon step, bench-small", ours_s, theirs_s, "modulm AdamW step", None)
+    for ns_dtype in ("bfloat16", "auto", "float32"):  # torch.optim.Muon's iteration; modulm's batched loop
+        ours_params, theirs_params = parameters_with_grads(device), parameters_with_grads(device)
+        ours = muon(lr=0.02, adamw_lr=3e-4, ns_dtype=ns_dtype, params=list(zip(names, ours_params)))
+        theirs = AdamW(theirs_params, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+        ours_s, theirs_s = alternate(ours.step, theirs.step, repeats, warmup, device)
+        report(results, f"muon step (ns_dtype {ns_dtype}), bench-small", ours_s, theirs_s, "modulm AdamW step", None)
 
 
 def main() -> int:

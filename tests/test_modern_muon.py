@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy as copy_module
 
 import pytest
@@ -109,6 +110,28 @@ def test_split_by_name_and_shape_and_the_override(registry):
     assert muon == {"layers.0.attn.q_proj.weight", "token_embeddings.weight", "lm_head.weight"}
 
 
+def test_embedding_lr_moves_the_embedding_at_its_own_rate_and_unset_keeps_the_groups(registry):
+    params = named_params()
+    emb = [(n, p) for n, p in clone(params) if n == "token_embeddings.weight"]
+    ours = create(registry, "optimizer", {"component": "muon", "lr": 0.02, "adamw_lr": 4e-3, "embedding_lr": 0.1},
+                  params=params)
+    reference = AdamW([p for _, p in emb], lr=0.1, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    g = torch.Generator().manual_seed(5)
+    for lr in (0.002, 0.02, 0.01):
+        for _, p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        emb[0][1].grad = dict(params)["token_embeddings.weight"].grad.clone()
+        for group in ours.param_groups:
+            group["lr"] = lr
+        reference.param_groups[0]["lr"] = lr * 0.1 / 0.02
+        ours.step(), reference.step()
+    assert torch.allclose(dict(params)["token_embeddings.weight"], emb[0][1], rtol=0, atol=1e-7)
+    scales = {round(group["lr_scale"], 6) for group in ours.param_groups}
+    assert scales == {1.0, 0.2, 5.0}  # Muon, the head and gains at adamw_lr, the embedding at embedding_lr
+    default = create(registry, "optimizer", {"component": "muon"}, params=named_params())
+    assert len(default.param_groups) == 2  # unset: the embedding shares the AdamW group, as before
+
+
 def test_no_decay_patterns_exempt_either_part(registry):
     params = named_params()
     optimizer = create(registry, "optimizer", {"component": "muon", "no_decay": ["*ffn*", "*ln1*"]}, params=params)
@@ -138,6 +161,63 @@ def test_orthogonalised_update_has_singular_values_near_one(rows, cols, conditio
     assert singular.min() >= 0.6 and singular.max() <= 1.25, (rows, cols, singular.min(), singular.max())
 
 
+SCHEDULE = [0.02, 0.015, 0.01, 0.005]
+
+
+@pytest.mark.parametrize("settings", [{}, {"nesterov": False, "adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.05}])
+def test_modulms_own_loop_run_in_bfloat16_is_torch_muons_update(settings):
+    from modulm_optim.newton_schulz import muon_update
+
+    g = torch.Generator().manual_seed(0)  # repeated shapes, so the loop orthogonalises stacks
+    matrices = [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in [(16, 8)] * 3 + [(8, 24)] * 2]
+    ours = [torch.nn.Parameter(p.detach().clone()) for p in matrices]
+    torch_optimizer = torch.optim.Muon(matrices, lr=0.02, weight_decay=settings.get("weight_decay", 0.1),
+                                       **{k: v for k, v in settings.items() if k != "weight_decay"})
+    group = {**torch_optimizer.defaults, "params": ours, "adjust_lr_fn": settings.get("adjust_lr_fn", "original")}
+    state = collections.defaultdict(dict)
+    g = torch.Generator().manual_seed(2)
+    for lr in SCHEDULE:
+        for p, q in zip(ours, matrices):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        torch_optimizer.param_groups[0]["lr"] = group["lr"] = lr
+        torch_optimizer.step()
+        muon_update(group, state, torch.bfloat16)
+    for p, q in zip(ours, matrices):
+        assert (p - q).abs().max() <= 1e-6
+        assert torch.equal(state[p]["momentum_buffer"], torch_optimizer.state[q]["momentum_buffer"])
+
+
+def test_ns_dtype_float32_differs_from_torch_by_rounding_only_and_keeps_the_state_layout(registry):
+    base = named_params()
+    runs = {}
+    for dtype in ("bfloat16", "float32"):
+        params = clone(base)
+        optimizer = create(registry, "optimizer", {"component": "muon", "ns_dtype": dtype}, params=params)
+        run_steps([(optimizer, [p for _, p in params])], 4, SCHEDULE)
+        runs[dtype] = (dict(params), optimizer)
+    for name, p in base:
+        if is_hidden_matrix(name, p):
+            moved = (runs["bfloat16"][0][name] - p).abs().max()
+            gap = (runs["float32"][0][name] - runs["bfloat16"][0][name]).abs().max()
+            assert 0 < gap < 0.05 * moved, name  # bf16 rounding of the iteration, not another update
+    assert runs["float32"][1].state_dict()["state"].keys() == runs["bfloat16"][1].state_dict()["state"].keys()
+
+
+def test_auto_iterates_in_float32_only_where_bfloat16_is_emulated(registry, monkeypatch):
+    import modulm_optim.muon as muon_module
+
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(muon_module, "native_bf16", lambda device, native=native: (native, "test"))
+        seen = []
+        monkeypatch.setattr(muon_module, "muon_update", lambda group, state, dtype: seen.append(dtype))
+        optimizer = create(registry, "optimizer", {"component": "muon", "ns_dtype": "auto"}, params=named_params())
+        run_steps([(optimizer, [p for g in optimizer.param_groups for p in g["params"]])], 1, [0.02])
+        assert seen == [expected]
+    with pytest.raises(ModulmError, match="ns_dtype"):
+        create(registry, "optimizer", {"component": "muon", "ns_dtype": "float16"}, params=named_params())
+
+
 def test_bad_settings_are_one_line_recipe_errors(registry):
     with pytest.raises(ModulmError, match="optimizer muon: momentum must be in"):
         create(registry, "optimizer", {"component": "muon", "momentum": 1.5}, params=named_params())
@@ -145,13 +225,14 @@ def test_bad_settings_are_one_line_recipe_errors(registry):
         create(registry, "optimizer", {"component": "muon", "adamw_params": "lm_head.*"}, params=named_params())
 
 
-def test_state_dict_round_trips_and_resumes_exactly():
+@pytest.mark.parametrize("ns_dtype", ["bfloat16", "float32", "auto"])
+def test_state_dict_round_trips_and_resumes_exactly(ns_dtype):
     params = named_params()
-    first = muon(params=params)
+    first = muon(params=params, ns_dtype=ns_dtype)
     run_steps([(first, [p for _, p in params])], 3, [0.02] * 3)
     copy = clone(params)
     state = copy_module.deepcopy(first.state_dict())  # as a checkpoint would: not the live tensors
-    second = muon(params=copy)
+    second = muon(params=copy, ns_dtype=ns_dtype)
     second.load_state_dict(state)
     run_steps([(first, [p for _, p in params]), (second, [p for _, p in copy])], 4, [0.02, 0.01, 0.015, 0.005], seed=9)
     for (name, p), (_, q) in zip(params, copy):

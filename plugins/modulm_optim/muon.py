@@ -1,12 +1,14 @@
 """Muon for the hidden weight matrices, with an inner AdamW for every other parameter.
 
 The matrix part is ``torch.optim.Muon`` itself (torch >= 2.9), so modulm's ``muon`` takes the same
-update as torch on the same matrices and settings. For each 2-D hidden matrix ``W`` (``A x B``) with
+update as torch on the same matrices and settings (``ns_dtype="float32"`` or ``"auto"`` runs the
+same update through :mod:`.newton_schulz` instead: same-shaped matrices orthogonalised as one
+batch, in float32, or for ``"auto"`` in bfloat16 where that is native). For each 2-D hidden matrix ``W`` (``A x B``) with
 gradient ``G`` and momentum ``mu``::
 
     B  <- mu * B + (1 - mu) * G                      (torch keeps the buffer as an average)
     U  <- (1 - mu) * G + mu * B  if nesterov else B
-    X  <- NS5(U)                                     (Newton-Schulz, in bfloat16, see below)
+    X  <- NS5(U)                                     (Newton-Schulz, in bfloat16 by default, see below)
     W  <- W - lr * weight_decay * W                  (decoupled weight decay)
     W  <- W - lr * scale(A, B) * X
 
@@ -21,7 +23,7 @@ The rest (embeddings, the LM head, norm gains: every parameter that is not 2-D, 
 ``adamw_params``) is updated by modulm's AdamW with its own ``adamw_lr``. One optimizer holds both
 as parameter groups (``group["muon"]`` tells which). The trainer sets ``group["lr"]`` of every group
 to the schedule's value, which peaks at ``lr``; each group's ``lr_scale`` (1 for Muon groups,
-``adamw_lr / lr`` for AdamW groups) multiplies it, so the schedule shapes both parts alike and their
+``adamw_lr / lr`` or ``embedding_lr / lr`` for AdamW groups) multiplies it, so the schedule shapes both parts alike and their
 ratio stays as the recipe set it.
 
 Under DDP every rank holds the averaged gradients and orthogonalises every matrix itself: simple,
@@ -38,12 +40,23 @@ import torch
 
 from modulm.errors import ModulmError
 
+from modulm.runtime import native_bf16
+
 from .adamw import AdamW
 from .groups import named
+from .newton_schulz import muon_update
+
+#: Where the Newton-Schulz iteration runs: torch.optim.Muon's bfloat16 (the default, torch's update
+#: exactly), or modulm's batched loop (:mod:`.newton_schulz`) in float32, or for auto in bfloat16
+#: where the device has it natively and float32 elsewhere.
+NS_DTYPES = ("bfloat16", "float32", "auto")
 
 #: Names routed to AdamW even when 2-D: the token embedding and the LM head (their rows are per-token
 #: vectors, not a hidden linear map; Muon's authors keep them on AdamW).
 DEFAULT_ADAMW_PARAMS = ("token_embeddings.*", "lm_head.*")
+
+#: Names whose AdamW learning rate is ``embedding_lr`` (when set) rather than ``adamw_lr``.
+DEFAULT_EMBEDDING_PARAMS = ("token_embeddings.*",)
 
 
 def is_hidden_matrix(name: str, tensor: torch.Tensor, adamw_params: Iterable[str] = DEFAULT_ADAMW_PARAMS) -> bool:
@@ -59,13 +72,18 @@ class Muon(torch.optim.Optimizer):
     nesterov, ns_coefficients, ns_steps, eps, adjust_lr_fn, weight_decay``; AdamW groups read
     ``betas, adamw_eps, weight_decay``. The effective learning rate of a group is
     ``group["lr"] * group["lr_scale"]``. State per parameter is that of ``torch.optim.Muon``
-    (``momentum_buffer``) or of modulm's ``AdamW`` (``step, exp_avg, exp_avg_sq``).
+    (``momentum_buffer``) or of modulm's ``AdamW`` (``step, exp_avg, exp_avg_sq``). ``ns_dtype``
+    picks the iteration's dtype (see :data:`NS_DTYPES`); the state is the same for every choice.
     """
 
     def __init__(self, params: Iterable[dict[str, Any]], lr: float = 0.02, momentum: float = 0.95,
                  nesterov: bool = True, ns_coefficients: tuple[float, float, float] = (3.4445, -4.7750, 2.0315),
                  ns_steps: int = 5, eps: float = 1e-7, adjust_lr_fn: str = "original", weight_decay: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8) -> None:
+                 betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-8,
+                 ns_dtype: str = "bfloat16") -> None:
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"Muon: ns_dtype must be one of {NS_DTYPES}, got {ns_dtype!r}")
+        self.ns_dtype = ns_dtype
         defaults = {"lr": lr, "lr_scale": 1.0, "muon": False, "momentum": momentum, "nesterov": nesterov,
                     "ns_coefficients": tuple(ns_coefficients), "ns_steps": ns_steps, "eps": eps,
                     "adjust_lr_fn": adjust_lr_fn, "weight_decay": weight_decay, "betas": tuple(betas),
@@ -102,11 +120,24 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for inner, muon in ((self._matrix, True), (self._other, False)):
-            if inner is not None:
-                inner.param_groups = self._views(muon)
+            if inner is None:
+                continue
+            views = self._views(muon)
+            if muon and self.ns_dtype != "bfloat16":  # modulm's batched loop; bfloat16 is torch's own
+                for view in views:
+                    muon_update(view, self.state, self._iteration_dtype(view["params"]))
+                continue
+            if views:
+                inner.param_groups = views
                 inner.state = self.state
                 inner.step()
         return loss
+
+    def _iteration_dtype(self, params: list[torch.Tensor]) -> torch.dtype:
+        """The dtype of modulm's own iteration: float32, or for "auto" bfloat16 where it is native."""
+        if self.ns_dtype == "auto" and params and native_bf16(params[0].device)[0]:
+            return torch.bfloat16
+        return torch.float32
 
 
 def _check(lr: float, adamw_lr: float, momentum: float, beta1: float, beta2: float, eps: float,
@@ -138,6 +169,9 @@ def muon(
     adamw_weight_decay: float | None = None,
     adamw_params: list[str] = list(DEFAULT_ADAMW_PARAMS),  # noqa: B006 (never mutated)
     no_decay: list[str] = (),
+    embedding_lr: float | None = None,
+    embedding_params: list[str] = list(DEFAULT_EMBEDDING_PARAMS),  # noqa: B006 (never mutated)
+    ns_dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16",
     *,
     params: Iterable[Any],
 ) -> Muon:
@@ -156,26 +190,35 @@ def muon(
     adamw_weight_decay: AdamW's decoupled weight decay; None -> weight_decay
     adamw_params: glob patterns of 2-D parameter names that go to AdamW too (non-2-D ones always do)
     no_decay: glob patterns of parameter names exempt from weight decay (either part)
+    embedding_lr: AdamW's peak learning rate for the embedding_params (nanochat's split); None -> adamw_lr
+    embedding_params: glob patterns of the AdamW parameters that take embedding_lr
+    ns_dtype: Newton-Schulz dtype: "bfloat16" (torch.optim.Muon's), "float32", or "auto" (bfloat16 only where native)
     """
     adamw_weight_decay = weight_decay if adamw_weight_decay is None else adamw_weight_decay
     problems = _check(lr, adamw_lr, momentum, beta1, beta2, eps, weight_decay, adamw_weight_decay, ns_steps)
+    if embedding_lr is not None and not embedding_lr >= 0:
+        problems.append(f"embedding_lr must be >= 0, got {embedding_lr}")
     if problems:
         raise ModulmError("optimizer muon: " + "; ".join(problems))
-    for option, patterns in (("adamw_params", adamw_params), ("no_decay", no_decay)):
+    for option, patterns in (("adamw_params", adamw_params), ("no_decay", no_decay),
+                             ("embedding_params", embedding_params)):
         if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
             raise ModulmError(f"optimizer muon: {option} must be a list of glob patterns (strings), got {patterns!r}")
     pairs = named(params)
     if not pairs:
         raise ModulmError("optimizer muon: the model has no parameters to optimize")
-    lr_scale = adamw_lr / lr if lr else 0.0
-    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
+    groups: dict[tuple[bool, bool, bool], dict[str, Any]] = {}
     for name, tensor in pairs:
         matrix = is_hidden_matrix(name, tensor, adamw_params)
         exempt = any(fnmatchcase(name, pattern) for pattern in no_decay)
-        group = groups.setdefault((matrix, exempt), {
-            "params": [], "muon": matrix, "lr_scale": 1.0 if matrix else lr_scale,
+        # Unset: no group of their own, so the groups (and checkpoints) stay as they were before the option.
+        embedding = (embedding_lr is not None and not matrix
+                     and any(fnmatchcase(name, pattern) for pattern in embedding_params))
+        part_lr = lr if matrix else (embedding_lr if embedding else adamw_lr)
+        group = groups.setdefault((matrix, not embedding, exempt), {
+            "params": [], "muon": matrix, "lr_scale": part_lr / lr if lr else 0.0,
             "weight_decay": 0.0 if exempt else (weight_decay if matrix else adamw_weight_decay)})
         group["params"].append(tensor)
     return Muon([groups[key] for key in sorted(groups, reverse=True)], lr=lr, momentum=momentum, nesterov=nesterov,
                 ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, weight_decay=weight_decay, betas=(beta1, beta2),
-                adamw_eps=eps)
+                adamw_eps=eps, ns_dtype=ns_dtype)
