@@ -164,9 +164,13 @@ def test_orthogonalised_update_has_singular_values_near_one(rows, cols, conditio
 SCHEDULE = [0.02, 0.015, 0.01, 0.005]
 
 
+@pytest.mark.parametrize("stack_limit", [1 << 18, 0])  # same-shaped matrices stacked, and one by one
 @pytest.mark.parametrize("settings", [{}, {"nesterov": False, "adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.05}])
-def test_modulms_own_loop_run_in_bfloat16_is_torch_muons_update(settings):
+def test_modulms_own_loop_run_in_bfloat16_is_torch_muons_update(settings, stack_limit, monkeypatch):
+    from modulm_optim import newton_schulz
     from modulm_optim.newton_schulz import muon_update
+
+    monkeypatch.setattr(newton_schulz, "STACK_LIMIT", stack_limit)
 
     g = torch.Generator().manual_seed(0)  # repeated shapes, so the loop orthogonalises stacks
     matrices = [torch.nn.Parameter(torch.randn(shape, generator=g)) for shape in [(16, 8)] * 3 + [(8, 24)] * 2]

@@ -47,13 +47,19 @@ def scale(adjust_lr_fn: str | None, shape: torch.Size) -> float:
     return 1.0
 
 
+#: Matrices of up to this many elements are orthogonalised as stacks of their shape. Measured on
+#: 2 cores with bf16: the speedrun model's 128 x 128 and 128 x 512 matrices take 5.2 ms stacked
+#: against 14 ms one by one; bench-small's 512 x 512 and 512 x 1344 ones 10% longer stacked.
+STACK_LIMIT = 1 << 18
+
+
 @torch.no_grad()
 def muon_update(group: dict[str, Any], state: dict, dtype: torch.dtype) -> None:
     """One Muon step of every parameter of ``group`` that has a gradient (state: ``momentum_buffer``).
 
-    Matrices of one shape are orthogonalised together, as one stack (batched matrix products): a
-    model's layers repeat a few shapes, so a step makes a handful of kernel launches instead of
-    some thirty per matrix. The element-wise parts run as ``torch._foreach_*`` calls.
+    Small matrices of one shape are orthogonalised together, as one stack (batched matrix
+    products): a model's layers repeat a few shapes, so a step makes a handful of kernel launches
+    instead of some thirty per matrix. The element-wise parts run as ``torch._foreach_*`` calls.
     """
     lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
     params = [p for p in group["params"] if p.grad is not None]
@@ -72,7 +78,10 @@ def muon_update(group: dict[str, Any], state: dict, dtype: torch.dtype) -> None:
     for index, param in enumerate(params):
         same_shape[(tuple(param.shape), param.device, param.dtype)].append(index)
     for (shape, _, param_dtype), indices in same_shape.items():
-        stack = torch.stack([directions[i] for i in indices])
-        steps = orthogonalise(stack, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
-        torch._foreach_add_([params[i] for i in indices], list(steps.to(param_dtype).unbind(0)),
+        args = (group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
+        if math.prod(shape) <= STACK_LIMIT:
+            steps = list(orthogonalise(torch.stack([directions[i] for i in indices]), *args).unbind(0))
+        else:  # big matrices already fill the cores; stacking would only add a copy
+            steps = [orthogonalise(directions[i], *args) for i in indices]
+        torch._foreach_add_([params[i] for i in indices], [step.to(param_dtype) for step in steps],
                             alpha=-lr * scale(group["adjust_lr_fn"], shape))
