@@ -130,6 +130,9 @@ def test_embedding_lr_moves_the_embedding_at_its_own_rate_and_unset_keeps_the_gr
     assert scales == {1.0, 0.2, 5.0}  # Muon, the head and gains at adamw_lr, the embedding at embedding_lr
     default = create(registry, "optimizer", {"component": "muon"}, params=named_params())
     assert len(default.param_groups) == 2  # unset: the embedding shares the AdamW group, as before
+    with pytest.warns(UserWarning, match="no AdamW parameter matches embedding_params"):
+        create(registry, "optimizer", {"component": "muon", "embedding_lr": 0.1, "embedding_params": ["wte.*"]},
+               params=named_params())
 
 
 def test_no_decay_patterns_exempt_either_part(registry):

@@ -33,6 +33,7 @@ all-gather would be faster on many ranks; not done).
 
 from __future__ import annotations
 
+import warnings
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable, Literal
 
@@ -219,6 +220,9 @@ def muon(
             "params": [], "muon": matrix, "lr_scale": part_lr / lr if lr else 0.0,
             "weight_decay": 0.0 if exempt else (weight_decay if matrix else adamw_weight_decay)})
         group["params"].append(tensor)
+    if embedding_lr is not None and not any(not key[1] for key in groups):
+        warnings.warn(f"optimizer muon: embedding_lr is set but no AdamW parameter matches embedding_params "
+                      f"{list(embedding_params)}; it has no effect", stacklevel=2)
     return Muon([groups[key] for key in sorted(groups, reverse=True)], lr=lr, momentum=momentum, nesterov=nesterov,
                 ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn, weight_decay=weight_decay, betas=(beta1, beta2),
                 adamw_eps=eps, ns_dtype=ns_dtype)
