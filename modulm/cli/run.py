@@ -54,10 +54,27 @@ def run(args) -> int:
     try:
         failure, result = _train(recipe, pm.registry, args.debug)
     finally:
+        launched = distributed.current().enabled
         distributed.teardown()
     if failure is not None:
         raise failure
+    if launched:
+        _leave_now(exit_status(result))
     return exit_status(result)
+
+
+def _leave_now(status: int) -> None:
+    """End a torchrun worker that has finished and left its process group, without the interpreter's
+    shutdown: there gloo's C++ objects can still be destroyed in an order that aborts the process
+    ("terminate called without an active exception", SIGABRT) after a complete run. Everything the
+    run writes is closed by now (checkpoints are written whole and renamed; nothing runs in threads)."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def exit_status(result) -> int:
