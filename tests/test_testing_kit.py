@@ -2,7 +2,7 @@
 
 The first tests are parametrised from the registry, so a new built-in component is checked with
 no new test code (a component with required parameters needs a sample config in SAMPLE_CONFIGS,
-which a test demands). tests/test_testing_mutants.py holds the broken components each check must
+which a test demands). tests/test_testing_mutants.py and test_testing_mutants_training.py hold the broken components each check must
 reject.
 """
 
