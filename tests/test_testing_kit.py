@@ -2,8 +2,8 @@
 
 The first tests are parametrised from the registry, so a new built-in component is checked with
 no new test code (a component with required parameters needs a sample config in SAMPLE_CONFIGS,
-which a test demands). tests/test_testing_mutants.py and test_testing_mutants_training.py hold the broken components each check must
-reject.
+which a test demands). tests/test_testing_mutants.py and test_testing_mutants_training.py hold
+the broken components each check must reject.
 """
 
 from __future__ import annotations

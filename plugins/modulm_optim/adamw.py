@@ -33,6 +33,7 @@ from torch import Tensor
 
 from modulm.errors import ModulmError
 
+from .closure import closure_loss
 from .groups import decay_groups
 from .rounds import cache_sized_rounds
 
@@ -80,10 +81,7 @@ class AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Apply one update to every parameter that has a gradient; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             self._update_group(group)
         return loss

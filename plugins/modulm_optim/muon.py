@@ -40,10 +40,10 @@ from typing import Any, Callable, Iterable, Literal
 import torch
 
 from modulm.errors import ModulmError
-
 from modulm.runtime import native_bf16
 
 from .adamw import AdamW
+from .closure import closure_loss
 from .groups import named
 from .newton_schulz import muon_update
 
@@ -95,7 +95,10 @@ class Muon(torch.optim.Optimizer):
                 raise ValueError("Muon: a muon=True group holds a parameter that is not 2-D")
         # Inner optimizers do the arithmetic; they get fresh views of our groups and our state at
         # each step, so our state_dict alone is the whole state and schedules act on our groups.
-        self._matrix = self._inner(True, lambda groups: torch.optim.Muon(groups, lr=lr))
+        # torch's Muon only where its own bfloat16 iteration runs; the other choices never call it
+        self._matrix = (self._inner(True, lambda groups: torch.optim.Muon(groups, lr=lr))
+                        if ns_dtype == "bfloat16" else None)
+        self._native_bf16: dict[torch.device, bool] = {}
         self._other = self._inner(False, lambda groups: AdamW(groups, lr=lr))
 
     def _inner(self, muon: bool, build: Callable[[list], torch.optim.Optimizer]) -> torch.optim.Optimizer | None:
@@ -116,19 +119,13 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One update of every parameter that has a gradient; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
+        if self.ns_dtype != "bfloat16":  # modulm's batched loop
+            for view in self._views(True):
+                muon_update(view, self.state, self._iteration_dtype(view["params"]))
         for inner, muon in ((self._matrix, True), (self._other, False)):
-            if inner is None:
-                continue
             views = self._views(muon)
-            if muon and self.ns_dtype != "bfloat16":  # modulm's batched loop; bfloat16 is torch's own
-                for view in views:
-                    muon_update(view, self.state, self._iteration_dtype(view["params"]))
-                continue
-            if views:
+            if inner is not None and views:
                 inner.param_groups = views
                 inner.state = self.state
                 inner.step()
@@ -136,9 +133,12 @@ class Muon(torch.optim.Optimizer):
 
     def _iteration_dtype(self, params: list[torch.Tensor]) -> torch.dtype:
         """The dtype of modulm's own iteration: float32, or for "auto" bfloat16 where it is native."""
-        if self.ns_dtype == "auto" and params and native_bf16(params[0].device)[0]:
-            return torch.bfloat16
-        return torch.float32
+        if self.ns_dtype != "auto" or not params:
+            return torch.float32
+        device = params[0].device
+        if device not in self._native_bf16:
+            self._native_bf16[device] = native_bf16(device)[0]
+        return torch.bfloat16 if self._native_bf16[device] else torch.float32
 
 
 def _check(lr: float, adamw_lr: float, momentum: float, beta1: float, beta2: float, eps: float,

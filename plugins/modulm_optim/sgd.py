@@ -15,6 +15,7 @@ from torch import Tensor
 
 from modulm.errors import ModulmError
 
+from .closure import closure_loss
 from .groups import named
 
 
@@ -32,10 +33,7 @@ class SGD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Apply one update to every parameter that has a gradient; returns ``closure()``'s loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             # (device, dtype, t) -> parameters and gradients updated with one foreach call
             buckets: dict[tuple, tuple[list[Tensor], list[Tensor]]] = defaultdict(lambda: ([], []))
