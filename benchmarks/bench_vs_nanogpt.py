@@ -88,7 +88,7 @@ def modulm_side(cfg: Config) -> Side:
     model = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff)
     optimizer = AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
     flops = 3 * forward_flops_per_token(model, cfg.context_length)["total"] * cfg.batch_size * cfg.context_length
-    return Side("modulm", model, optimizer, lambda x, y: cross_entropy(model(x), y), flops)
+    return Side("modulm", model, optimizer, lambda x, y: model(x, targets=y), flops)
 
 
 class MatmulRate:

@@ -12,8 +12,8 @@ The public API (reference: docs/python-api.md), imported on first use so that ``
 * ``modulm.generate(model, tokenizer, prompt, ...)`` streams a completion;
 * ``modulm.save_checkpoint`` / ``load_checkpoint`` / ``read_checkpoint``;
 * the from-scratch primitives of :mod:`modulm.functional`: ``softmax``, ``silu``,
-  ``scaled_dot_product_attention``, ``causal_mask``, ``cross_entropy``, ``perplexity``,
-  ``clip_gradients``.
+  ``scaled_dot_product_attention``, ``causal_mask``, ``cross_entropy``, ``linear_cross_entropy``,
+  ``perplexity``, ``clip_gradients``.
 """
 
 from modulm.assemble import assemble, builder, create  # binds the functions over the submodule's name
@@ -33,7 +33,8 @@ _LAZY = {
     "load_checkpoint": "modulm.checkpoint",
     "read_checkpoint": "modulm.checkpoint",
     **{name: "modulm.functional" for name in ("softmax", "silu", "scaled_dot_product_attention", "causal_mask",
-                                              "cross_entropy", "perplexity", "clip_gradients")},
+                                              "cross_entropy", "linear_cross_entropy", "perplexity",
+                                              "clip_gradients")},
 }
 
 __all__ = ["KINDS", "ModulmError", "RecipeError", "__version__", "assemble", "builder", "checks", "create",

@@ -14,6 +14,7 @@ The recipe may then hold a ``[model.ffn]`` table (or a plain name string); the f
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Annotated, Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
@@ -89,7 +90,11 @@ class Model(Protocol):
     ``vocab_size`` and ``context_length`` are set. Parameters are created on the CPU in float32;
     the trainer moves the model. ``state_dict()`` holds only learnable weights (no derived buffers).
     Optional: ``layers``, an ``nn.ModuleList`` of the repeated blocks; ``distributed.strategy =
-    "fsdp"`` shards each of them as a unit (without it the model is sharded as one unit).
+    "fsdp"`` shards each of them as a unit (without it the model is sharded as one unit). Optional:
+    a keyword ``targets`` (int64 ``(..., T)``) to ``forward``, which then returns the mean
+    cross-entropy of the logits against them (a float32 scalar, as
+    :func:`modulm.functional.cross_entropy` of the logits), so a model can fuse its head with the
+    loss; the trainer passes it whenever ``forward`` has that parameter.
     Injected: ``vocab_size``.
     """
 
@@ -97,6 +102,15 @@ class Model(Protocol):
     context_length: int
 
     def __call__(self, token_ids: Any) -> Any: ...
+
+
+def takes_targets(model: Any) -> bool:
+    """Whether ``model.forward`` takes ``targets=`` (and so returns the mean cross-entropy: the
+    optional part of :class:`Model`)."""
+    try:
+        return "targets" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):  # no forward, or one without a signature
+        return False
 
 
 @runtime_checkable

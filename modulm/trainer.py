@@ -33,6 +33,7 @@ from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
 from modulm.fileio import atomic_directory, atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy
+from modulm.kinds import takes_targets
 from modulm.runtime import autocast, configure, grad_scaler, resolve_device
 from modulm.strategy import strategy
 from modulm.tomlwrite import dumps
@@ -74,6 +75,7 @@ class Trainer:
         self.strategy = strategy(getattr(assembly, "distributed", None), self.system)  # ddp or fsdp
         trained = self.strategy.wrap(self.model)
         self.forward = torch.compile(trained) if self.system.compile else trained
+        self._loss_in_forward = takes_targets(self.model)
         self.optimizer, self.schedule = assembly.optimizer, assembly.schedule
         self.data = self.dist.shard_data(assembly.data)
         self.context_length = int(self.model.context_length)
@@ -228,8 +230,13 @@ class Trainer:
             inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
             with self.strategy.no_sync(last_micro_step=micro_step == self.training.grad_accum_steps - 1):
                 with self._autocast():
-                    logits = self.forward(inputs)
-                loss = cross_entropy(logits, targets) / self.training.grad_accum_steps
+                    if self._loss_in_forward:  # the model fuses its head with the loss
+                        loss = self.forward(inputs, targets=targets)
+                    else:
+                        logits = self.forward(inputs)
+                if not self._loss_in_forward:
+                    loss = cross_entropy(logits, targets)
+                loss = loss / self.training.grad_accum_steps
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)

@@ -153,6 +153,35 @@ class MeanOverBatchModel(nn.Module):
         return h + h.flatten(0, -3).mean(0) if h.dim() > 2 else h
 
 
+class PerEmbeddingModel(nn.Module):
+    """A correct causal model (each position's logits from its own token) with a fused loss that
+    can be made wrong in value or in gradient."""
+
+    def __init__(self, context_length: int = 8, fault: str = "none", *, vocab_size: int):
+        super().__init__()
+        self.vocab_size, self.context_length, self.fault = vocab_size, context_length, fault
+        self.embedding = nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, token_ids, *, targets=None):
+        logits = self.embedding(token_ids)
+        if targets is None:
+            return logits
+        loss = nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+        if self.fault == "value":
+            return loss * 1.01
+        if self.fault == "gradient":  # the same value, half the gradient
+            return loss / 2 + loss.detach() / 2
+        return loss
+
+
+def test_model_check_rejects_a_fused_loss_that_is_not_the_logits_loss():
+    check_model(PerEmbeddingModel)
+    with pytest.raises(AssertionError, match=r"forward\(ids, targets=...\) gave"):
+        check_model(PerEmbeddingModel, {"fault": "value"})
+    with pytest.raises(AssertionError, match="another gradient than the logits' loss"):
+        check_model(PerEmbeddingModel, {"fault": "gradient"})
+
+
 def test_model_check_rejects_mixing_batch_elements_and_derived_state():
     with pytest.raises(AssertionError, match="element 1 changed the logits of element 0"):
         check_model(MeanOverBatchModel)

@@ -168,3 +168,23 @@ def test_bad_recipe_or_data_exits_2_with_one_line_and_writes_nothing(tmp_path, c
     assert proc.returncode == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("modulm: error: ") and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_fused_head_and_loss_trains_exactly_as_the_logits_loss(tmp_path, monkeypatch):
+    """The trainer passes targets to a model whose forward takes them (the transformer fuses its
+    head with the loss); the losses are those of the logits path to float32 rounding."""
+    import modulm.trainer
+    import modulm_transformer.model
+    calls = []
+    fused = modulm_transformer.model.linear_cross_entropy
+    monkeypatch.setattr(modulm_transformer.model, "linear_cross_entropy", lambda *a: calls.append(1) or fused(*a))
+    recipe = tiny_recipe(tmp_path, system__dtype="float32")
+    with_targets = Trainer(assemble(recipe)).run().train_losses
+    assert len(calls) == 8  # one per step
+    monkeypatch.setattr(modulm.trainer, "takes_targets", lambda model: False)
+    recipe["checkpointing"]["checkpoint_dir"] = str(tmp_path / "run2")
+    with_logits = Trainer(assemble(recipe)).run().train_losses
+    assert len(calls) == 8
+    assert with_targets.keys() == with_logits.keys()
+    for step in with_targets:
+        assert with_targets[step] == pytest.approx(with_logits[step], rel=1e-5)

@@ -130,6 +130,26 @@ def test_gated_silu_matches_torch_in_value_and_gradient(seed, lead, half):
     torch.testing.assert_close(grad, h.grad, rtol=1e-6, atol=1e-6)
 
 
+@given(seeds, st.lists(st.integers(1, 4), min_size=0, max_size=2), st.integers(1, 6))
+def test_gated_silu_overwriting_its_input_gives_the_same_gradient(seed, lead, half):
+    h = randn(seed, *lead, 2 * half, dtype=torch.float64) * 5
+    upstream = randn(seed + 1, *lead, half, dtype=torch.float64)
+    kept, reused = h.clone().requires_grad_(), h.clone().requires_grad_()
+    gated_silu(kept).backward(upstream)
+    inner = reused * 1.0  # the overwritten tensor: the graph's own, as an FFN's pre-activation
+    gated_silu(inner, overwrite_input=True).backward(upstream)
+    torch.testing.assert_close(reused.grad, kept.grad, rtol=1e-12, atol=1e-12)
+    assert torch.equal(kept.detach(), h)  # without overwrite_input the input is left as it was
+
+
+def test_gated_silu_overwrite_makes_a_second_backward_raise_not_read_garbage():
+    h = (randn(0, 3, 8, dtype=torch.float64) * 1.0).requires_grad_()
+    out = gated_silu(h * 1.0, overwrite_input=True).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
 def test_gated_silu_gradient_passes_gradcheck():
     h = torch.linspace(-6, 6, 24, dtype=torch.float64).reshape(2, 12).requires_grad_()
     assert torch.autograd.gradcheck(gated_silu, (h,))

@@ -15,6 +15,7 @@ is written too. The backward pass then only scales that stored gradient by the i
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
@@ -53,32 +54,40 @@ def _row_losses(logits: Tensor, targets: Tensor, grad_out: Tensor | None) -> Ten
         return losses
     step = _chunk_rows(rows, vocab, logits.device)
     scratch = torch.empty((step, vocab), dtype=compute, device=logits.device)
-    inv_rows = 1.0 / rows
     for start in range(0, rows, step):
         stop = min(start + step, rows)
-        chunk = logits[start:stop]
-        target = targets[start:stop]
-        shifted = scratch[: stop - start]
-        if chunk.dtype == compute:
-            torch.sub(chunk, chunk.amax(dim=1, keepdim=True), out=shifted)  # entries <= 0
-        else:  # widen first (exact), then work in cache: a mixed-dtype subtraction is much slower
-            shifted.copy_(chunk)
-            shifted.sub_(shifted.amax(dim=1, keepdim=True))
-        target_shifted = shifted.gather(1, target).squeeze(1)
-        # exp(d) as 2**(d * log2(e)): torch's exp2 kernel is several times faster than its exp on
-        # the CPU, and the extra rounding of d * log2(e) is a relative 6e-8 * |d| (tiny where the
-        # terms matter, d near 0). The target term above stays exact.
-        shifted.mul_(_LOG2_E).exp2_()
-        sums = shifted.sum(dim=1, keepdim=True)  # in [1, vocab]: the maximum contributes exp(0)
-        torch.sub(sums.squeeze(1).log(), target_shifted, out=losses[start:stop])
-        if grad_out is not None:
-            # Narrower dtypes: finish in the compute dtype so each entry is rounded only once.
-            grad = grad_out[start:stop] if grad_out.dtype == compute else shifted
-            torch.mul(shifted, sums.reciprocal_().mul_(inv_rows), out=grad)
-            grad.scatter_add_(1, target, torch.full_like(target, -inv_rows, dtype=compute))
-            if grad is shifted:
-                grad_out[start:stop].copy_(shifted)
+        _chunk_losses(logits[start:stop], targets[start:stop], scratch[: stop - start], losses[start:stop],
+                      None if grad_out is None else grad_out[start:stop], 1.0 / rows)
     return losses
+
+
+def _chunk_losses(chunk: Tensor, target: Tensor, shifted: Tensor, losses: Tensor, grad: Tensor | None,
+                  inv_rows: float) -> None:
+    """One chunk of rows: ``-log softmax(chunk)[target]`` into ``losses`` and, when ``grad`` is given,
+    ``(softmax - onehot) * inv_rows`` into it. ``shifted`` is scratch in the compute dtype (float32,
+    float64 for float64) of ``chunk``'s shape; it may be ``chunk`` itself (then overwritten), and
+    ``grad`` may be ``chunk`` too."""
+    compute = shifted.dtype
+    if chunk.dtype == compute:
+        torch.sub(chunk, chunk.amax(dim=1, keepdim=True), out=shifted)  # entries <= 0
+    else:  # widen first (exact), then work in cache: a mixed-dtype subtraction is much slower
+        shifted.copy_(chunk)
+        shifted.sub_(shifted.amax(dim=1, keepdim=True))
+    target_shifted = shifted.gather(1, target).squeeze(1)
+    # exp(d) as 2**(d * log2(e)): torch's exp2 kernel is several times faster than its exp on
+    # the CPU, and the extra rounding of d * log2(e) is a relative 6e-8 * |d| (tiny where the
+    # terms matter, d near 0). The target term above stays exact.
+    shifted.mul_(_LOG2_E).exp2_()
+    sums = shifted.sum(dim=1, keepdim=True)  # in [1, vocab]: the maximum contributes exp(0)
+    torch.sub(sums.squeeze(1).log(), target_shifted, out=losses)
+    if grad is None:
+        return
+    # Narrower dtypes: finish in the compute dtype so each entry is rounded only once.
+    out = grad if grad.dtype == compute else shifted
+    torch.mul(shifted, sums.reciprocal_().mul_(inv_rows), out=out)
+    out.scatter_add_(1, target, torch.full_like(target, -inv_rows, dtype=compute))
+    if out is not grad:
+        grad.copy_(out)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -116,6 +125,112 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
         return _CrossEntropy.apply(logits, targets)
     flat, flat_targets = _flatten(logits, targets)
     return _row_losses(flat, flat_targets, None).mean()
+
+
+#: Logit elements per chunk of :func:`linear_cross_entropy` on the CPU (16 MiB of float32): the
+#: chunk's matmuls need enough rows to run near the matmul peak, and the chunk is reused in place
+#: for the logits, the softmax and the gradient. At least ``_MIN_FUSED_ROWS`` rows per chunk.
+_CPU_FUSED_CHUNK_ELEMENTS = 1 << 22
+_MIN_FUSED_ROWS = 256
+
+
+def _fused_chunk_rows(rows: int, vocab: int, device: torch.device) -> int:
+    budget = _CPU_FUSED_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
+    return max(1, min(rows, max(budget // max(vocab, 1), _MIN_FUSED_ROWS)))
+
+
+def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: bool,
+                  want_weight: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Mean loss of ``hidden @ weight.T`` and, as asked, the gradients of ``hidden`` (flattened to
+    2-D) and ``weight``: a chunk of rows at a time, each chunk's logits formed in one reused buffer
+    and turned into their gradient ``(softmax - onehot) / rows`` in place."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1, 1).to(torch.int64)
+    rows, vocab = flat.shape[0], weight.shape[0]
+    compute = torch.promote_types(flat.dtype, torch.float32)
+    losses = torch.empty(rows, dtype=compute, device=flat.device)
+    grad_hidden = torch.empty_like(flat) if want_hidden else None
+    grad_weight = (torch.empty_like(weight) if rows else torch.zeros_like(weight)) if want_weight else None
+    step = _fused_chunk_rows(rows, vocab, flat.device)
+    logits = _workspace(min(step, rows) * vocab, flat.dtype, flat.device).view(min(step, rows), vocab)
+    shifted = logits if flat.dtype == compute else torch.empty_like(logits, dtype=compute)
+    weight_t = weight.t()
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        chunk, part = logits[: stop - start], flat[start:stop]
+        torch.mm(part, weight_t, out=chunk)
+        _chunk_losses(chunk, flat_targets[start:stop], shifted[: stop - start], losses[start:stop],
+                      chunk if want_hidden or want_weight else None, 1.0 / rows)
+        if want_hidden:
+            torch.mm(chunk, weight, out=grad_hidden[start:stop])
+        if want_weight:
+            if start == 0:  # with one chunk, exactly the unchunked product
+                torch.mm(chunk.t(), part, out=grad_weight)
+            else:
+                grad_weight.addmm_(chunk.t(), part)
+    return losses.mean(), grad_hidden, grad_weight
+
+
+_WORKSPACE = threading.local()
+
+
+def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A flat buffer of ``numel`` elements for one call's scratch. On the CPU the last one is kept
+    (per thread) and reused while large enough: a fresh 16 MiB buffer costs thousands of page
+    faults on every step. Accelerators' caching allocators already reuse memory."""
+    if device.type != "cpu":
+        return torch.empty(numel, dtype=dtype, device=device)
+    kept = getattr(_WORKSPACE, "buffer", None)
+    if kept is None or kept.dtype != dtype or kept.numel() < numel:
+        kept = _WORKSPACE.buffer = torch.empty(numel, dtype=dtype)
+    return kept[:numel]
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``cross_entropy(hidden @ weight.T, targets)`` through :func:`_fused_losses`: both gradients
+    are computed in the forward pass; the backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:  # type: ignore[override]
+        loss, grad_hidden, grad_weight = _fused_losses(hidden, weight, targets, *ctx.needs_input_grad[:2])
+        ctx.hidden_shape = hidden.shape
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if not (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):  # see _CrossEntropy
+            grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
+            grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
+        return None if grad_hidden is None else grad_hidden.view(ctx.hidden_shape), grad_weight, None
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """``cross_entropy(hidden @ weight.T, targets)``: the LM head and the loss in one pass.
+
+    ``hidden``: ``(..., d)``; ``weight``: ``(vocab_size, d)`` (an LM head's); ``targets``: int
+    ``(...)`` in ``[0, vocab_size)``. Same value and gradients as the two steps (within float
+    rounding: over several chunks the weight's gradient is summed chunk by chunk), without forming
+    the ``(..., vocab_size)`` logits: rows are processed in chunks that are reused in place, which
+    saves the logits' memory and, on a CPU, most of the head's time outside the matmuls.
+
+    Under autocast, under ``torch.compile``, or when ``hidden`` and ``weight`` differ in dtype,
+    it runs the two steps (the matmul under the autocast in force, the loss outside it).
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"linear_cross_entropy: targets of shape {tuple(targets.shape)} do not match "
+                         f"hidden of shape {tuple(hidden.shape)} (expected targets of shape hidden.shape[:-1])")
+    if (torch.is_autocast_enabled(hidden.device.type) or torch.compiler.is_compiling()
+            or hidden.dtype != weight.dtype or not hidden.is_floating_point()):
+        logits = torch.matmul(hidden, weight.t())
+        with torch.autocast(hidden.device.type, enabled=False):
+            return cross_entropy(logits, targets)
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets)
+    with torch.no_grad():
+        return _fused_losses(hidden, weight, targets, False, False)[0]
 
 
 def perplexity(loss: float | Tensor) -> float | Tensor:

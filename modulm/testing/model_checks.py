@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from modulm.kinds import INTERFACES
+from modulm.kinds import INTERFACES, takes_targets
 from modulm.testing._build import component_builder, describe, part_builders
 from modulm.testing._torch import (check_causal, check_deterministic, check_gradients, check_module,
                                    check_positionwise, check_state_round_trip, close, one_thread, randint, randn,
@@ -189,7 +189,9 @@ def check_model(component: str | Callable[..., Any], config: Mapping[str, Any] |
     """Check the ``model`` contract: ``vocab_size``/``context_length`` attributes, logits
     ``(..., T, vocab_size)`` for any ``T <= context_length``, causal, batch elements independent,
     ``state_dict`` holds only learnable weights, seeded init, state round trip, gradients of the
-    cross-entropy loss reach every parameter. Keep ``config`` small (e.g. one layer, d_model 16)."""
+    cross-entropy loss reach every parameter; a ``forward`` that takes ``targets=`` returns that
+    loss and its gradients (the optional fused head and loss). Keep ``config`` small (e.g. one
+    layer, d_model 16)."""
     label = describe("model", component)
     make = component_builder("model", component, config, registry)
     build = lambda: make(vocab_size=vocab_size)  # noqa: E731
@@ -221,3 +223,23 @@ def check_model(component: str | Callable[..., Any], config: Mapping[str, Any] |
     targets = randint(seed + 4, vocab_size, 2, length)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size).float(), targets.reshape(-1))
     check_gradients(label, model, loss)
+    if takes_targets(model):
+        _check_loss_in_forward(label, model, ids, targets, loss)
+
+
+def _check_loss_in_forward(label: str, model: Any, ids: torch.Tensor, targets: torch.Tensor, want: torch.Tensor) -> None:
+    """``forward(ids, targets=targets)`` is the mean cross-entropy ``want`` of the logits, with the
+    same gradient for every parameter."""
+    wanted = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    got = model(ids, targets=targets)
+    assert isinstance(got, torch.Tensor) and got.dim() == 0 and got.dtype == torch.float32, (
+        f"{label}: forward(ids, targets=...) must return the mean loss as a float32 scalar, got "
+        f"{getattr(got, 'shape', type(got))} {getattr(got, 'dtype', '')}")
+    assert close(got.detach(), want.detach()), (
+        f"{label}: forward(ids, targets=...) gave {got.item():.6g}, the cross-entropy of its logits is {want.item():.6g}")
+    got.backward()
+    for name, p in model.named_parameters():
+        if name in wanted:
+            assert p.grad is not None and close(p.grad, wanted[name]), (
+                f"{label}: the loss from forward(ids, targets=...) gives {name} another gradient than the logits' loss")

@@ -20,7 +20,8 @@ class SwiGLU(nn.Module):
     ``SwiGLU(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``;
     ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``.
     ``w1`` and ``w3`` keep their own parameters but run as one matmul against the stacked weights,
-    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`).
+    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`, whose backward
+    reuses the stacked pre-activation's memory for its gradient).
     """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
@@ -32,7 +33,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = torch.matmul(x, torch.cat((self.w1.weight, self.w3.weight)).t())
-        return self.w2(gated_silu(hidden))
+        # hidden is this call's own: its memory can take its gradient (not while compiling, where
+        # the graph is functional)
+        return self.w2(gated_silu(hidden, overwrite_input=not torch.compiler.is_compiling()))
 
 
 class SiLUFFN(nn.Module):

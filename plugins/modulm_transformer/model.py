@@ -17,6 +17,7 @@ from modulm import nested
 from modulm.builders import bind
 from modulm.constraints import checks, problem
 from modulm.errors import ModulmError
+from modulm.functional.loss import cross_entropy, linear_cross_entropy
 from modulm_transformer import components
 from modulm_transformer.accounting import format_accounting, model_accounting
 from modulm_transformer.cache import KVCache
@@ -66,8 +67,15 @@ class TransformerLM(nn.Module):
         if init == "zero-out":
             zero_output_projections(self.layers)
 
-    def forward(self, token_ids: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Logits for ``token_ids``; with ``cache``, ``token_ids`` continue the cached sequence."""
+    def forward(self, token_ids: Tensor, cache: KVCache | None = None, *, targets: Tensor | None = None) -> Tensor:
+        """Logits for ``token_ids``; with ``cache``, ``token_ids`` continue the cached sequence.
+
+        With ``targets`` (int ``(..., T)``, no cache) it returns the mean cross-entropy of predicting
+        them instead, the LM head and the loss fused (:func:`modulm.functional.linear_cross_entropy`:
+        no ``(..., T, vocab_size)`` logits are formed); the trainer calls it so.
+        """
+        if targets is not None and cache is not None:
+            raise ValueError("forward: pass targets (a loss) or a cache (decoding), not both")
         start = 0 if cache is None else cache.position
         end = start + token_ids.shape[-1]
         if end > self.context_length:
@@ -81,9 +89,14 @@ class TransformerLM(nn.Module):
             for layer, layer_cache in zip(self.layers, cache.layers):
                 x = layer(x, positions, kv_cache=layer_cache)
             cache.position = end
+        if targets is not None and not self.logit_softcap:
+            return linear_cross_entropy(self.ln_final(x), self.lm_head.weight, targets)
         logits = self.lm_head(self.ln_final(x))
         if self.logit_softcap:
             logits = soft_cap(logits, self.logit_softcap)
+        if targets is not None:
+            with torch.autocast(logits.device.type, enabled=False):  # the loss outside autocast, as the trainer's
+                return cross_entropy(logits, targets)
         return logits
 
     def accounting(self, batch_size: int = 1, context_length: int | None = None, dtype=torch.float32) -> dict:

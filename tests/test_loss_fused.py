@@ -1,0 +1,149 @@
+"""linear_cross_entropy: the LM head fused with the loss equals the two steps (value and gradients)
+for every shape, chunking, dtype and grad mode; and the model and trainer use it."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import modulm.functional.loss as loss_module
+from modulm.functional.loss import cross_entropy, linear_cross_entropy
+from modulm.kinds import takes_targets
+from modulm_transformer import TransformerLM
+
+
+def case(seed: int, lead: tuple[int, ...], d: int, vocab: int, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(*lead, d, generator=g) * 2).to(dtype)
+    weight = torch.randn(vocab, d, generator=g).to(dtype)
+    targets = torch.randint(0, vocab, lead, generator=g)
+    return hidden, weight, targets
+
+
+def two_steps(hidden, weight, targets, scale=1.0):
+    """Value and gradients of the unfused formulation."""
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = cross_entropy(h @ w.t(), targets)
+    (loss * scale).backward()
+    return loss.detach(), h.grad, w.grad
+
+
+def fused(hidden, weight, targets, scale=1.0):
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = linear_cross_entropy(h, w, targets)
+    (loss * scale).backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@given(st.integers(0, 2**31 - 1), st.lists(st.integers(1, 5), min_size=1, max_size=2), st.integers(1, 9),
+       st.integers(1, 30), st.integers(1, 64), st.sampled_from([1.0, 0.25, -3.0]))
+def test_equals_the_head_then_the_loss_for_any_chunking(seed, lead, d, vocab, chunk_elements, scale):
+    hidden, weight, targets = case(seed, tuple(lead), d, vocab)
+    want = two_steps(hidden, weight, targets, scale)
+    saved = loss_module._CPU_FUSED_CHUNK_ELEMENTS, loss_module._MIN_FUSED_ROWS
+    loss_module._CPU_FUSED_CHUNK_ELEMENTS, loss_module._MIN_FUSED_ROWS = chunk_elements, 1  # many chunks
+    try:
+        got = fused(hidden, weight, targets, scale)
+    finally:
+        loss_module._CPU_FUSED_CHUNK_ELEMENTS, loss_module._MIN_FUSED_ROWS = saved
+    assert got[0].dtype == torch.float64 and got[0].dim() == 0
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows, d, vocab", [(2048, 64, 2048), (700, 32, 10000)])  # one chunk, several
+def test_float32_within_1e_6_of_the_two_steps(rows, d, vocab):
+    hidden, weight, targets = case(0, (rows,), d, vocab, torch.float32)
+    weight = weight * 0.1
+    assert loss_module._fused_chunk_rows(rows, vocab, torch.device("cpu")) == (rows if vocab == 2048 else 419)
+    for got, want in zip(fused(hidden, weight, targets), two_steps(hidden, weight, targets)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max().item())
+
+
+def test_bfloat16_inputs_compute_the_loss_in_float32_and_round_the_gradients_once():
+    hidden, weight, targets = case(1, (6, 5), 8, 40, torch.bfloat16)
+    got, want = fused(hidden, weight, targets), two_steps(hidden, weight, targets)
+    assert got[0].dtype == torch.float32 and got[1].dtype == got[2].dtype == torch.bfloat16
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_gradients_only_for_what_requires_them_and_none_without_grad():
+    hidden, weight, targets = case(2, (4, 3), 5, 11)
+    want_loss, want_h, want_w = two_steps(hidden, weight, targets)
+    h = hidden.clone().requires_grad_()
+    linear_cross_entropy(h, weight, targets).backward()  # a frozen head
+    torch.testing.assert_close(h.grad, want_h)
+    w = weight.clone().requires_grad_()
+    linear_cross_entropy(hidden, w, targets).backward()
+    torch.testing.assert_close(w.grad, want_w)
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(hidden, w, targets), want_loss)
+    assert not linear_cross_entropy(hidden, weight, targets).requires_grad
+
+
+def test_interleaved_calls_keep_their_own_gradients():
+    """The reused CPU workspace holds nothing a later backward needs."""
+    first, second = case(3, (9,), 4, 13), case(4, (20,), 4, 7)
+    want_first, want_second = two_steps(*first), two_steps(*second)
+    leaves = [(a.clone().requires_grad_(), b.clone().requires_grad_(), t) for a, b, t in (first, second)]
+    losses = [linear_cross_entropy(*leaf) for leaf in leaves]
+    losses[0].backward()
+    losses[1].backward()
+    for (h, w, _), want in zip(leaves, (want_first, want_second)):
+        torch.testing.assert_close(h.grad, want[1])
+        torch.testing.assert_close(w.grad, want[2])
+
+
+def test_float64_passes_gradcheck_and_autocast_runs_the_two_steps():
+    hidden, weight, targets = case(5, (2, 3), 4, 6)
+    h, w = hidden.requires_grad_(), weight.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: linear_cross_entropy(a, b, targets), (h, w))
+    h32, w32 = hidden.detach().float(), weight.detach().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h32, w32, targets)
+        logits = h32 @ w32.t()
+    assert logits.dtype == torch.bfloat16 and got.dtype == torch.float32
+    assert torch.equal(got, cross_entropy(logits, targets))
+
+
+def test_empty_batch_is_nan_with_zero_gradients_and_mismatched_shapes_are_an_error():
+    h, w = torch.randn(0, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    loss = linear_cross_entropy(h, w, torch.zeros(0, dtype=torch.int64))
+    assert torch.isnan(loss)
+    loss.backward()
+    assert torch.equal(w.grad, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="do not match hidden"):
+        linear_cross_entropy(torch.randn(2, 3, 4), w, torch.zeros(2, 4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("options", [{}, {"tie_embeddings": True}, {"logit_softcap": 3.0}])
+def test_the_model_returns_the_loss_of_its_logits_with_the_same_gradients(options):
+    torch.manual_seed(0)
+    model = TransformerLM(50, 16, 32, 2, 4, 64, **options).double()
+    ids, targets = torch.randint(0, 50, (3, 16)), torch.randint(0, 50, (3, 16))
+    want = cross_entropy(model(ids), targets)
+    want.backward()
+    wanted = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    got = model(ids, targets=targets)
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, wanted[name], rtol=1e-10, atol=1e-12, msg=name)
+    assert takes_targets(model)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, model.new_kv_cache(3), targets=targets)
+
+
+def test_takes_targets_reads_the_forward_signature():
+    class Plain(torch.nn.Module):
+        def forward(self, token_ids):
+            return token_ids
+
+    class Fused(Plain):
+        def forward(self, token_ids, *, targets=None):
+            return token_ids
+
+    assert not takes_targets(Plain()) and takes_targets(Fused()) and not takes_targets(object())
