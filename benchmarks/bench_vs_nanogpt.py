@@ -16,7 +16,7 @@ used, bf16) matmul rate is sampled between rounds, and MFU is a step's training 
 forward matmul FLOPs, attention scores over the full T x T square) over the step time and that rate.
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_vs_nanogpt.py --nanogpt /path/to/nanoGPT
-        [--threads 1,2] [--configs tiny,small] [--dtypes fp32,bf16] [--rounds 3] [--steps 3]
+        [--threads 1,2] [--configs tiny,small] [--dtypes fp32,bf16] [--rounds 3] [--steps 3] [--round-seconds 1]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import math
 import statistics
 import sys
 import time
@@ -112,18 +113,22 @@ class MatmulRate:
 
 
 def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, rounds: int, steps: int,
-            warmup: int) -> None:
+            warmup: int, round_seconds: float) -> int:
+    """Time ``rounds`` interleaved rounds; returns the steps per side per round: at least ``steps``,
+    more where a round would otherwise last under ``round_seconds`` (a 60 ms step at 3 steps a
+    round is at the mercy of the other tenants of a shared host)."""
     gen = torch.Generator().manual_seed(0)
     batch = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context_length), generator=gen) for _ in range(2)]
     for side in sides:
         side.round_medians = []
-        for _ in range(warmup):
-            side.step(*batch, autocast)
+        warm = [side.step(*batch, autocast) for _ in range(max(warmup, 1))]
+        steps = max(steps, math.ceil(round_seconds / min(warm)))
     for r in range(rounds):
         rate.sample()
         rate.sample()
         for side in (sides if r % 2 == 0 else sides[::-1]):
             side.round_medians.append(statistics.median(side.step(*batch, autocast) for _ in range(steps)))
+    return steps
 
 
 def main() -> int:
@@ -135,6 +140,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (medians over them)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before each row")
+    parser.add_argument("--round-seconds", type=float, default=1.0,
+                        help="more steps per round where --steps would take less than this (both sides alike)")
     args = parser.parse_args()
     if args.nanogpt is None or not (args.nanogpt / "model.py").is_file():
         print("skipped: pass --nanogpt DIR, a checkout of https://github.com/karpathy/nanoGPT (DIR/model.py)")
@@ -145,7 +152,8 @@ def main() -> int:
         print("bf16 rows skipped: this CPU has no native bf16 matmul (it would be emulated)")
         dtypes.remove("bf16")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16 {bf16_native()}, {args.rounds} rounds x {args.steps} steps")
+          f"native bf16 {bf16_native()}, {args.rounds} rounds x at least {args.steps} steps "
+          f"(and {args.round_seconds:g} s) per side")
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
@@ -157,9 +165,11 @@ def main() -> int:
             torch.manual_seed(0)
             sides = [nanogpt_side(nanogpt, cfg), modulm_side(cfg)]
             for dtype in dtypes:
-                run_row(sides, cfg, dtype == "bf16", rates[dtype], args.rounds, args.steps, args.warmup)
+                steps = run_row(sides, cfg, dtype == "bf16", rates[dtype], args.rounds, args.steps, args.warmup,
+                                args.round_seconds)
                 rows.append((threads, cfg, dtype, rates[dtype], [(s, statistics.median(s.round_medians)) for s in sides]))
-                print(f"  done: {threads} thread(s) {cfg.name} {dtype}", file=sys.stderr, flush=True)
+                print(f"  done: {threads} thread(s) {cfg.name} {dtype}, {args.rounds} rounds x {steps} steps",
+                      file=sys.stderr, flush=True)
         for dtype, rate in rates.items():
             print(f"{threads} thread(s): {dtype} matmul peak (best of samples between rounds) "
                   f"{rate.peak / 1e9:.0f} GFLOP/s")
