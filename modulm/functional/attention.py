@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from modulm.functional.workspace import workspace
+
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     """Softmax of ``x`` along ``dim``, stable for any finite input.
@@ -84,14 +86,15 @@ class _GatedSiLU(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (h,) = ctx.saved_tensors
         a, b = h.chunk(2, dim=-1)
-        s = torch.sigmoid(a)
         # d silu(a)/da = s * (1 + a * (1 - s)) = s + silu(a) * (1 - s)
         if ctx.overwrite:  # h's version counter moves, so a second backward through it raises
+            s = torch.sigmoid(a, out=workspace("gated_silu", a.shape, a.dtype, a.device))
             a.mul_(s)  # silu(a)
             s.lerp_(s.new_ones(()), a).mul_(b)  # b * d silu(a)/da
             torch.mul(a, grad, out=b)
             torch.mul(s, grad, out=a)
             return h, None
+        s = torch.sigmoid(a)
         grad_h = torch.empty_like(h)
         grad_a, grad_b = grad_h.chunk(2, dim=-1)
         torch.mul(a, s, out=grad_b)  # silu(a)

@@ -15,10 +15,11 @@ is written too. The backward pass then only scales that stored gradient by the i
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 from torch import Tensor
+
+from modulm.functional.workspace import workspace
 
 #: Elements (rows x vocab) per chunk on the CPU: 4 MiB of float32, so a chunk stays in cache
 #: across the max / exp / sum / gradient passes. Accelerators take far larger chunks.
@@ -152,7 +153,7 @@ def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: 
     grad_hidden = torch.empty_like(flat) if want_hidden else None
     grad_weight = (torch.empty_like(weight) if rows else torch.zeros_like(weight)) if want_weight else None
     step = _fused_chunk_rows(rows, vocab, flat.device)
-    logits = _workspace(min(step, rows) * vocab, flat.dtype, flat.device).view(min(step, rows), vocab)
+    logits = workspace("linear_cross_entropy", (min(step, rows), vocab), flat.dtype, flat.device)
     shifted = logits if flat.dtype == compute else torch.empty_like(logits, dtype=compute)
     weight_t = weight.t()
     for start in range(0, rows, step):
@@ -169,21 +170,6 @@ def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: 
             else:
                 grad_weight.addmm_(chunk.t(), part)
     return losses.mean(), grad_hidden, grad_weight
-
-
-_WORKSPACE = threading.local()
-
-
-def _workspace(numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A flat buffer of ``numel`` elements for one call's scratch. On the CPU the last one is kept
-    (per thread) and reused while large enough: a fresh 16 MiB buffer costs thousands of page
-    faults on every step. Accelerators' caching allocators already reuse memory."""
-    if device.type != "cpu":
-        return torch.empty(numel, dtype=dtype, device=device)
-    kept = getattr(_WORKSPACE, "buffer", None)
-    if kept is None or kept.dtype != dtype or kept.numel() < numel:
-        kept = _WORKSPACE.buffer = torch.empty(numel, dtype=dtype)
-    return kept[:numel]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
