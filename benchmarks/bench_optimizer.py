@@ -11,6 +11,9 @@
 * Cross-entropy: forward + backward over (2,048 x 10,000) logits (batch 8 x context 256), float32
   and bfloat16, against ``torch.nn.functional.cross_entropy``; and forward only (evaluation).
   Target: >= 1.0x.
+* LM head + loss: forward + backward of ``linear_cross_entropy`` over bench-small's (2,048 x 512)
+  hidden states and (10,000 x 512) head, against the unfused matmul + ``cross_entropy`` and against
+  ``F.linear`` + ``F.cross_entropy``. Target: >= 1.0x (part of the ``loss`` section).
 * Clipping: ``clip_gradients`` against ``torch.nn.utils.clip_grad_norm_(foreach=True)`` over the
   same gradients, with a limit that forces scaling (information).
 
@@ -120,6 +123,35 @@ def bench_cross_entropy(results: list[dict], device: str, repeats: int, warmup: 
             mine, ref = alternate(lambda: cross_entropy(logits, targets), lambda: F.cross_entropy(logits, targets),
                                   repeats, warmup, device)
         report(results, f"cross-entropy forward 2048x10000 {label}", mine, ref, "F.cross_entropy [info]", None)
+    bench_head_and_loss(results, device, repeats, warmup, targets)
+
+
+def bench_head_and_loss(results: list[dict], device: str, repeats: int, warmup: int, targets: torch.Tensor) -> None:
+    """The LM head and the loss together (what a training step runs): ``linear_cross_entropy``
+    against the two steps, modulm's matmul + ``cross_entropy`` and torch's ``F.linear`` +
+    ``F.cross_entropy``; gradients of the hidden states and of the head's weight."""
+    import torch.nn.functional as F
+
+    from modulm.functional.loss import cross_entropy, linear_cross_entropy
+
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(BATCH * CONTEXT, D_MODEL, generator=g).to(device).requires_grad_()
+    weight = (torch.randn(VOCAB, D_MODEL, generator=g) * D_MODEL**-0.5).to(device).requires_grad_()
+    leaves = (hidden, weight)
+
+    def fused():
+        return torch.autograd.grad(linear_cross_entropy(hidden, weight, targets), leaves)
+
+    def two_steps():
+        return torch.autograd.grad(cross_entropy(hidden @ weight.t(), targets), leaves)
+
+    def torch_two_steps():
+        return torch.autograd.grad(F.cross_entropy(F.linear(hidden, weight), targets), leaves)
+
+    mine, ref = alternate(fused, two_steps, repeats, warmup, device)
+    report(results, "head + loss fwd+bwd 2048x512x10000 float32", mine, ref, "matmul + cross_entropy", 1.0)
+    mine, ref = alternate(fused, torch_two_steps, repeats, warmup, device)
+    report(results, "head + loss fwd+bwd 2048x512x10000 float32", mine, ref, "F.linear + F.cross_entropy", 1.0)
 
 
 def bench_clipping(results: list[dict], device: str, repeats: int, warmup: int) -> None:

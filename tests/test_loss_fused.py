@@ -147,3 +147,16 @@ def test_takes_targets_reads_the_forward_signature():
             return token_ids
 
     assert not takes_targets(Plain()) and takes_targets(Fused()) and not takes_targets(object())
+
+
+def test_workspace_reuses_one_buffer_per_purpose_and_grows_when_needed():
+    from modulm.functional.workspace import workspace
+    cpu = torch.device("cpu")
+    first = workspace("test-a", (4, 5), torch.float32, cpu)
+    again = workspace("test-a", (3, 2), torch.float32, cpu)
+    assert again.data_ptr() == first.data_ptr() and again.shape == (3, 2) and again.is_contiguous()
+    other = workspace("test-b", (4, 5), torch.float32, cpu)
+    assert other.data_ptr() != first.data_ptr()  # purposes never share memory
+    grown = workspace("test-a", (50,), torch.float32, cpu)
+    assert grown.numel() == 50 and grown.data_ptr() != first.data_ptr()
+    assert workspace("test-a", (2,), torch.float64, cpu).dtype == torch.float64
