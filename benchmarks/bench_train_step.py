@@ -3,7 +3,9 @@
 One step = forward, cross-entropy, backward, AdamW step, zero_grad. The reference is written here
 with torch's own modules (nn.Linear, nn.Embedding, nn.RMSNorm, F.scaled_dot_product_attention,
 F.silu, F.cross_entropy, torch.optim.AdamW(foreach=True)) and the same shapes and weights. modulm's
-side uses modulm's cross-entropy and AdamW (torch's, with a notice, where they are missing).
+side uses modulm's AdamW and its loss as the trainer computes it: ``model(ids, targets=...)``, the
+LM head fused with modulm's cross-entropy (torch's AdamW and F.cross_entropy, with a notice, where
+modulm's are missing).
 
 Also measured: this machine's fp32 and bf16 matmul ceilings (large square matmuls); each run's
 model FLOP utilisation is the training FLOPs of a step (3x the forward FLOPs of
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modulm.kinds import takes_targets
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import model_accounting
 
@@ -226,8 +229,10 @@ def batches(cfg: Config, count: int, seed: int = 0) -> list[tuple[torch.Tensor, 
 class Runner:
     """One training set-up; ``step`` runs forward, loss, backward, optimizer step and zero_grad."""
 
-    def __init__(self, model, loss_fn, optimizer, autocast: bool, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(self, model, loss_fn, optimizer, autocast: bool, device: torch.device = torch.device("cpu"),
+                 loss_in_forward: bool = False) -> None:
         self.model, self.loss_fn, self.optimizer, self.autocast = model, loss_fn, optimizer, autocast
+        self.loss_in_forward = loss_in_forward  # forward(ids, targets=...), as the trainer calls modulm's model
         self.device = device
         self.times: list[float] = []
         self.losses: list[float] = []
@@ -236,7 +241,10 @@ class Runner:
         synchronize(self.device)
         start = time.perf_counter()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            loss = self.loss_fn(self.model(inputs), targets)
+            if self.loss_in_forward:
+                loss = self.model(inputs, targets=targets)
+            else:
+                loss = self.loss_fn(self.model(inputs), targets)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -256,9 +264,10 @@ def make_runner(variant: str, cfg: Config, state: dict, device: torch.device = t
     model.load_state_dict(state)
     model.to(device)
     optimizer = make_optimizer(model)
+    loss_in_forward = kind != "ref" and takes_targets(model)
     if compiled:
         model = torch.compile(model)
-    return Runner(model, loss_fn, optimizer, autocast=bf16, device=device)
+    return Runner(model, loss_fn, optimizer, autocast=bf16, device=device, loss_in_forward=loss_in_forward)
 
 
 def run_config(cfg: Config, variants: list[str], steps: int, warmup: int, device: torch.device = torch.device("cpu"),
