@@ -1,13 +1,14 @@
 """From-scratch numerical primitives shared by the core and the built-in plugins.
 
 Submodules: :mod:`.attention` (softmax, scaled dot-product attention, SiLU, causal masks),
-:mod:`.loss` (cross-entropy, the LM head fused with it, perplexity) and :mod:`.grad` (gradient clipping by global norm);
-their functions are re-exported here and from :mod:`modulm`.
+:mod:`.loss` (cross-entropy, the LM head fused with it, perplexity) and :mod:`.grad` (gradient
+clipping by global norm); their functions are re-exported here and from :mod:`modulm`.
+:mod:`.workspace` holds the reused CPU scratch buffers of their hand-written kernels.
 """
 
 from modulm.functional.attention import causal_mask, scaled_dot_product_attention, silu, softmax
 from modulm.functional.grad import clip_gradients
 from modulm.functional.loss import cross_entropy, linear_cross_entropy, perplexity
 
-__all__ = ["causal_mask", "clip_gradients", "cross_entropy", "linear_cross_entropy", "perplexity", "scaled_dot_product_attention", "silu",
-           "softmax"]
+__all__ = ["causal_mask", "clip_gradients", "cross_entropy", "linear_cross_entropy", "perplexity",
+           "scaled_dot_product_attention", "silu", "softmax"]

@@ -104,7 +104,6 @@ class _GatedSiLU(torch.autograd.Function):
         return grad_h, None
 
 
-
 def gated_silu(h: Tensor, overwrite_input: bool = False) -> Tensor:
     """SwiGLU's gate: ``silu(a) * b`` where ``a, b`` are the first and second halves of ``h``'s
     last dim (even width); returns ``(..., width / 2)`` in ``h``'s dtype.

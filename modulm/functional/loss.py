@@ -154,7 +154,8 @@ def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: 
     grad_weight = (torch.empty_like(weight) if rows else torch.zeros_like(weight)) if want_weight else None
     step = _fused_chunk_rows(rows, vocab, flat.device)
     logits = workspace("linear_cross_entropy", (min(step, rows), vocab), flat.dtype, flat.device)
-    shifted = logits if flat.dtype == compute else torch.empty_like(logits, dtype=compute)
+    shifted = logits if flat.dtype == compute else workspace("linear_cross_entropy:wide", logits.shape, compute,
+                                                              flat.device)
     weight_t = weight.t()
     for start in range(0, rows, step):
         stop = min(start + step, rows)
