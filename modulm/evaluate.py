@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from modulm.functional.loss import cross_entropy
+from modulm.kinds import takes_targets
 
 EVAL_SEED = 1234
 
@@ -68,8 +69,11 @@ def full_windows(tokens: Any, batch_size: int, context_length: int) -> Iterator[
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torch.device,
              autocast: Callable[[], Any], bytes_per_token: float | None = None) -> EvalResult:
-    """Mean cross-entropy over every target of every window (model put in eval mode meanwhile)."""
+    """Mean cross-entropy over every target of every window (model put in eval mode meanwhile). A
+    model whose forward takes ``targets=`` computes the loss itself (the transformer without
+    forming the logits)."""
     start = time.perf_counter()
+    loss_in_forward = takes_targets(model)
     was_training = model.training
     model.eval()
     wide = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
@@ -80,11 +84,15 @@ def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torc
             inputs, targets = batch[:, :-1], batch[:, 1:]
             if inputs.shape[1] == 0:
                 continue
+            if not targets.numel():  # an empty share still runs the forward pass (fsdp: a collective)
+                with autocast():
+                    model(inputs)
+                continue
             with autocast():
-                logits = model(inputs)
-            if targets.numel():  # an empty share still ran the forward pass (fsdp: a collective)
-                total += cross_entropy(logits.float(), targets).to(wide) * targets.numel()
-                count += targets.numel()
+                out = model(inputs, targets=targets) if loss_in_forward else model(inputs)
+            loss = out if loss_in_forward else cross_entropy(out.float(), targets)
+            total += loss.to(wide) * targets.numel()
+            count += targets.numel()
     finally:
         model.train(was_training)
     loss = total.item() / count if count else float("nan")

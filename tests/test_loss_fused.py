@@ -160,3 +160,22 @@ def test_workspace_reuses_one_buffer_per_purpose_and_grows_when_needed():
     grown = workspace("test-a", (50,), torch.float32, cpu)
     assert grown.numel() == 50 and grown.data_ptr() != first.data_ptr()
     assert workspace("test-a", (2,), torch.float64, cpu).dtype == torch.float64
+
+
+def test_evaluation_through_the_fused_loss_equals_the_logits_loss(monkeypatch):
+    import contextlib
+
+    import numpy as np
+
+    import modulm.evaluate
+    from modulm.evaluate import evaluate
+    torch.manual_seed(0)
+    model = TransformerLM(40, 12, 16, 1, 2, 32)
+    rng = np.random.default_rng(0)
+    windows = [rng.integers(0, 40, (3, 13)), rng.integers(0, 40, (1, 7)), np.zeros((0, 13), dtype=np.int64)]
+    cpu = torch.device("cpu")
+    fused_result = evaluate(model, iter(windows), cpu, contextlib.nullcontext)
+    monkeypatch.setattr(modulm.evaluate, "takes_targets", lambda model: False)
+    logits_result = evaluate(model, iter(windows), cpu, contextlib.nullcontext)
+    assert fused_result.tokens == logits_result.tokens == 3 * 12 + 6
+    assert fused_result.loss == pytest.approx(logits_result.loss, rel=1e-6)
