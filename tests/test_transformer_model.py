@@ -295,3 +295,16 @@ def test_compiled_model_matches_eager_in_logits_and_gradients():
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # the trainer's call: the loss comes back from the compiled forward (the matmul in the graph,
+    # the from-scratch loss outside it), with the eager gradients
+    targets = tokens(1, 32, 2, 8)
+    model.zero_grad()
+    eager_loss = model(ids, targets=targets)
+    eager_loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    compiled_loss = torch.compile(model)(ids, targets=targets)
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -213,11 +213,16 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Ten
             or hidden.dtype != weight.dtype or not hidden.is_floating_point()):
         logits = torch.matmul(hidden, weight.t())
         with torch.autocast(hidden.device.type, enabled=False):
-            return cross_entropy(logits, targets)
+            return _eager_cross_entropy(logits, targets)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, targets)
     with torch.no_grad():
         return _fused_losses(hidden, weight, targets, False, False)[0]
+
+
+#: The loss outside a compiled graph, as when the trainer computed it from a compiled model's logits
+#: (its chunk loop and its backward's check of the incoming gradient are eager code).
+_eager_cross_entropy = torch.compiler.disable(cross_entropy)
 
 
 def perplexity(loss: float | Tensor) -> float | Tensor:
