@@ -204,7 +204,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Ten
     saves the logits' memory and, on a CPU, most of the head's time outside the matmuls.
 
     Under autocast, under ``torch.compile``, or when ``hidden`` and ``weight`` differ in dtype,
-    it runs the two steps (the matmul under the autocast in force, the loss outside it).
+    it runs the two steps (the matmul under the autocast in force, the loss outside it, and outside
+    a compiled graph).
     """
     if hidden.shape[:-1] != targets.shape:
         raise ValueError(f"linear_cross_entropy: targets of shape {tuple(targets.shape)} do not match "
