@@ -4,8 +4,8 @@ One step = forward, loss, backward, optimizer step, zero_grad, on random tokens.
 ``model.py`` of a nanoGPT checkout imported unmodified from ``--nanogpt DIR`` (``GPT`` with
 ``bias=False``, dropout 0, and its own ``configure_optimizers``: torch's AdamW, two decay groups,
 F.cross_entropy inside its forward). modulm's side is ``TransformerLM`` (the CS336 defaults: RoPE,
-SwiGLU, RMSNorm, untied head) with ``modulm_optim.AdamW`` and the trainer's loss
-(``modulm.functional.loss.cross_entropy``). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
+SwiGLU, RMSNorm, untied head) with ``modulm_optim.AdamW`` and the loss as the trainer computes it
+(``model(x, targets=y)``: the LM head fused with modulm's cross-entropy). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
 own (GELU, 4 x d), and the configs' SwiGLU ``d_ff`` makes 3 d d_ff equal to within 2% of nanoGPT's
 8 d^2, so the matmul FLOPs per token agree to within 1% (MFU is computed from each model's own
 shapes, so the small difference is accounted for).
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from modulm.functional.loss import cross_entropy
 from modulm_optim.adamw import AdamW
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import forward_flops_per_token

@@ -66,6 +66,16 @@ def full_windows(tokens: Any, batch_size: int, context_length: int) -> Iterator[
                 yield np.asarray(tokens[s : min(s + context_length + 1, n)])[None, :]
 
 
+def model_loss(model: Callable[..., Any], inputs: torch.Tensor, targets: torch.Tensor,
+               autocast: Callable[[], Any], loss_in_forward: bool) -> torch.Tensor:
+    """Mean cross-entropy of ``model`` on ``targets``: from ``model(inputs, targets=targets)`` when
+    ``loss_in_forward`` (:func:`modulm.kinds.takes_targets`), else from its logits, the loss
+    computed outside ``autocast``."""
+    with autocast():
+        out = model(inputs, targets=targets) if loss_in_forward else model(inputs)
+    return out if loss_in_forward else cross_entropy(out, targets)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torch.device,
              autocast: Callable[[], Any], bytes_per_token: float | None = None) -> EvalResult:
@@ -88,9 +98,7 @@ def evaluate(model: torch.nn.Module, windows: Iterator[np.ndarray], device: torc
                 with autocast():
                     model(inputs)
                 continue
-            with autocast():
-                out = model(inputs, targets=targets) if loss_in_forward else model(inputs)
-            loss = out if loss_in_forward else cross_entropy(out.float(), targets)
+            loss = model_loss(model, inputs, targets, autocast, loss_in_forward)
             total += loss.to(wide) * targets.numel()
             count += targets.numel()
     finally:

@@ -29,10 +29,9 @@ import modulm
 from modulm import distributed, preflight, rundir, runlines
 from modulm.checkpoint import rng_state, set_rng_state, unwrap
 from modulm.errors import ModulmError
-from modulm.evaluate import EvalResult, evaluate, full_windows, sampled_windows
+from modulm.evaluate import EvalResult, evaluate, full_windows, model_loss, sampled_windows
 from modulm.fileio import atomic_directory, atomic_write_text
 from modulm.functional.grad import clip_gradients
-from modulm.functional.loss import cross_entropy
 from modulm.kinds import takes_targets
 from modulm.runtime import autocast, configure, grad_scaler, resolve_device
 from modulm.strategy import strategy
@@ -229,13 +228,7 @@ class Trainer:
         for micro_step in range(self.training.grad_accum_steps):
             inputs, targets = self.data.get_batch("train", self.micro_batch, self.context_length, self.device)
             with self.strategy.no_sync(last_micro_step=micro_step == self.training.grad_accum_steps - 1):
-                with self._autocast():
-                    if self._loss_in_forward:  # the model fuses its head with the loss
-                        loss = self.forward(inputs, targets=targets)
-                    else:
-                        logits = self.forward(inputs)
-                if not self._loss_in_forward:
-                    loss = cross_entropy(logits, targets)
+                loss = model_loss(self.forward, inputs, targets, self._autocast, self._loss_in_forward)
                 loss = loss / self.training.grad_accum_steps
                 self.scaler.scale(loss).backward()
             total += loss.detach()

@@ -91,6 +91,15 @@ def _chunk_losses(chunk: Tensor, target: Tensor, shifted: Tensor, losses: Tensor
         grad.copy_(out)
 
 
+def _times_incoming(grad: Tensor | None, grad_loss: Tensor) -> Tensor | None:
+    """A gradient computed in the forward pass, scaled by the loss's incoming gradient. The usual
+    ``loss.backward()`` passes 1: then it is handed over as it is. (Checking the value would stall
+    an accelerator, so there the product is always formed.)"""
+    if grad is None or (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
+        return grad
+    return grad * grad_loss.to(grad.dtype)
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Mean cross-entropy whose gradient is computed in the forward pass (see the module doc)."""
 
@@ -107,11 +116,7 @@ class _CrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        # The usual ``loss.backward()`` passes 1: hand the stored gradient over as it is. (Checking
-        # the value would stall an accelerator, so there the product is always formed.)
-        if not (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):
-            grad = grad * grad_loss.to(grad.dtype)
-        return grad.view(ctx.logits_shape), None
+        return _times_incoming(grad, grad_loss).view(ctx.logits_shape), None
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -187,10 +192,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor):  # type: ignore[override]
-        grad_hidden, grad_weight = ctx.saved_tensors
-        if not (grad_loss.device.type == "cpu" and grad_loss.item() == 1.0):  # see _CrossEntropy
-            grad_hidden = None if grad_hidden is None else grad_hidden * grad_loss.to(grad_hidden.dtype)
-            grad_weight = None if grad_weight is None else grad_weight * grad_loss.to(grad_weight.dtype)
+        grad_hidden, grad_weight = (_times_incoming(g, grad_loss) for g in ctx.saved_tensors)
         return None if grad_hidden is None else grad_hidden.view(ctx.hidden_shape), grad_weight, None
 
 
