@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from modulm.functional.attention import causal_mask, scaled_dot_product_attention
 from modulm_transformer.cache import LayerKVCache
+from modulm_transformer.cpu_attention import block_causal_attention, block_causal_available
 from modulm_transformer.layers import Linear
 from modulm_transformer.position import NoPositionalEmbedding
 
@@ -91,7 +92,8 @@ def fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     ``torch.nn.functional.scaled_dot_product_attention``.
 
     ``n == m`` (training, prefill) passes ``is_causal=True``, which the flash and memory-efficient
-    kernels take on CUDA; a single query (a decoding step) sees every key, so it needs no mask; any
+    kernels take on CUDA (float32 on the CPU runs torch's flash kernel a query block at a time,
+    :mod:`modulm_transformer.cpu_attention`, so it skips most of the masked half); a single query (a decoding step) sees every key, so it needs no mask; any
     other ``n < m`` passes the bottom-right-aligned boolean mask, which the memory-efficient kernel takes.
 
     On the CPU, half-precision inputs (bf16 autocast) are attended in float32 and the output cast
@@ -109,6 +111,8 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     num_queries, num_keys = q.shape[-2], k.shape[-2]
     sdpa = torch.nn.functional.scaled_dot_product_attention
     if num_queries == num_keys:
+        if block_causal_available(q, k, v):
+            return block_causal_attention(q, k, v)
         return sdpa(q, k, v, is_causal=True)
     if num_queries == 1:
         return sdpa(q, k, v)

@@ -1,0 +1,108 @@
+"""Causal attention on the CPU as a few query blocks, so torch's flash kernel skips masked work.
+
+torch's CPU flash kernel splits the keys into blocks of 512 and skips a block only when it lies
+wholly above the diagonal: for a context of up to 512 it computes the full ``T x T`` square of
+scores and masks half of it away. Split the queries into ``n`` blocks instead: block ``i`` (rows
+``lo:hi``) attends only keys ``:hi``, causally over its own rows, so about ``(n + 1) / 2n`` of the
+square is computed (5/8 with four blocks). Each block is one call of the same kernel; the forward
+keeps each block's log-sum-exp, so the backward replays the kernel's own backward block by block and
+sums the key and value gradients.
+
+Same maths, different summation order: outputs and gradients agree with one
+``scaled_dot_product_attention(is_causal=True)`` call to float32 rounding (tested). Measured on
+bench-tiny's heads (16 x 4 x 128 x 32), forward and backward: 7.5 -> 5.7 ms at 1 thread,
+4.3 -> 3.6 ms at 2 threads; bench-small's (8 x 16 x 256 x 32): 47.8 -> 37 ms and 27.6 -> 24.4 ms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_aten = torch.ops.aten
+_MIN_BLOCK = 32  # the kernel's own query block at these lengths; smaller blocks cost more calls than they skip
+_masks: dict[tuple[int, int, torch.dtype], Tensor] = {}
+
+
+def block_causal_available(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether :func:`block_causal_attention` applies: float32 CPU tensors ``(batch, heads, T, d)``
+    with as many queries as keys, at least two blocks long, outside ``torch.compile`` and CPU autocast."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype == k.dtype == v.dtype == torch.float32
+        and q.dim() == k.dim() == v.dim() == 4
+        and q.shape[-2] == k.shape[-2] >= 2 * _MIN_BLOCK
+        and not torch.compiler.is_compiling()
+        and not torch.is_autocast_enabled("cpu")
+        and hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+    )
+
+
+def num_blocks(length: int) -> int:
+    """Query blocks for a context of ``length``: 4 up to 512 (at least 32 rows each), 8 beyond."""
+    return max(1, min(length // _MIN_BLOCK, 4 if length <= 512 else 8))
+
+
+def block_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``softmax(q kᵀ / sqrt(d) + causal) v`` for ``(batch, heads, T, d)`` inputs (see
+    :func:`block_causal_available`); returns ``(batch, heads, T, d)`` laid out as
+    ``(batch, T, heads, d)``, so merging the heads afterwards is a view."""
+    return _BlockCausal.apply(q, k, v)
+
+
+def _bounds(length: int) -> list[int]:
+    n = num_blocks(length)
+    return [length * i // n for i in range(n + 1)]
+
+
+def _mask(lo: int, hi: int, dtype: torch.dtype) -> Tensor:
+    """Additive ``(hi - lo, hi)`` mask: row ``r`` (query ``lo + r``) sees keys ``<= lo + r``."""
+    key = (lo, hi, dtype)
+    if key not in _masks:
+        hidden = torch.arange(hi)[None, :] > torch.arange(lo, hi)[:, None]
+        _masks[key] = torch.zeros(hidden.shape, dtype=dtype).masked_fill_(hidden, float("-inf"))
+    return _masks[key]
+
+
+def _block_args(lo: int, hi: int, dtype: torch.dtype) -> dict:
+    # the first block is square and starts at 0, where the kernel's own (top-left) causal flag is right
+    return {"is_causal": True} if lo == 0 else {"is_causal": False, "attn_mask": _mask(lo, hi, dtype)}
+
+
+class _BlockCausal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor) -> Tensor:  # type: ignore[override]
+        batch, heads, length, width = q.shape
+        bounds = _bounds(length)
+        out = q.new_empty(batch, length, heads, width).transpose(1, 2)
+        lses = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            block, lse = _aten._scaled_dot_product_flash_attention_for_cpu.default(
+                q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], 0.0, **_block_args(lo, hi, q.dtype))
+            out[:, :, lo:hi] = block
+            lses.append(lse)
+        ctx.save_for_backward(q, k, v, out, *lses)
+        ctx.bounds = bounds
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        q, k, v, out, *lses = ctx.saved_tensors
+        bounds = ctx.bounds
+        grad_q_blocks = []
+        grad_k = grad_v = None
+        # the last block sees every key: its key and value gradients start the sums
+        for i in reversed(range(len(lses))):
+            lo, hi = bounds[i], bounds[i + 1]
+            gq, gk, gv = _aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
+                grad[:, :, lo:hi], q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], out[:, :, lo:hi], lses[i], 0.0,
+                **_block_args(lo, hi, q.dtype))
+            grad_q_blocks.append(gq)
+            if grad_k is None:
+                grad_k, grad_v = gk, gv
+            else:
+                grad_k[:, :, :hi].add_(gk)
+                grad_v[:, :, :hi].add_(gv)
+        return torch.cat(grad_q_blocks[::-1], dim=2), grad_k, grad_v
