@@ -10,13 +10,19 @@ own (GELU, 4 x d), and the configs' SwiGLU ``d_ff`` makes 3 d d_ff equal to with
 8 d^2, so the matmul FLOPs per token agree to within 1% (MFU is computed from each model's own
 shapes, so the small difference is accounted for).
 
-Rounds are interleaved in one process (nanoGPT then modulm, the order alternating per round);
-each row reports the median over rounds of each round's median step time. The fp32 (and, where
-used, bf16) matmul rate is sampled between rounds, and MFU is a step's training FLOPs (3 x the
-forward matmul FLOPs, attention scores over the full T x T square) over the step time and that rate.
+Each config at each thread count runs in a fresh child process, as each framework's own training
+script would (one row's allocations would otherwise change the allocator's state for the next:
+glibc raises its mmap threshold to the biggest block freed so far). Within it, rounds are
+interleaved (nanoGPT then modulm, the order alternating per round); each row reports the median
+over rounds of each round's median step time, and each side's minor page faults per step. The
+fp32 (and, where used, bf16) matmul rate is sampled between rounds, and MFU is a step's training
+FLOPs (3 x the forward matmul FLOPs, attention scores over the full T x T square) over the step
+time and that rate. ``--allocator no-trim`` runs the children with glibc settings that keep freed
+memory, for the comparison where neither side pays page faults for memory it frees and reallocates.
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_vs_nanogpt.py --nanogpt /path/to/nanoGPT
         [--threads 1,2] [--configs tiny,small] [--dtypes fp32,bf16] [--rounds 3] [--steps 3] [--round-seconds 1]
+        [--allocator default|no-trim]
 """
 
 from __future__ import annotations
@@ -25,8 +31,12 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import json
 import math
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,19 +125,62 @@ def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, ro
             warmup: int, round_seconds: float) -> int:
     """Time ``rounds`` interleaved rounds; returns the steps per side per round: at least ``steps``,
     more where a round would otherwise last under ``round_seconds`` (a 60 ms step at 3 steps a
-    round is at the mercy of the other tenants of a shared host)."""
+    round is at the mercy of the other tenants of a shared host). Each side's ``faults`` is its
+    minor page faults per timed step."""
     gen = torch.Generator().manual_seed(0)
     batch = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context_length), generator=gen) for _ in range(2)]
     for side in sides:
-        side.round_medians = []
+        side.round_medians, side.fault_count = [], 0
         warm = [side.step(*batch, autocast) for _ in range(max(warmup, 1))]
         steps = max(steps, math.ceil(round_seconds / min(warm)))
     for r in range(rounds):
         rate.sample()
         rate.sample()
         for side in (sides if r % 2 == 0 else sides[::-1]):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             side.round_medians.append(statistics.median(side.step(*batch, autocast) for _ in range(steps)))
+            side.fault_count += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    for side in sides:
+        side.faults = side.fault_count / (rounds * steps)
     return steps
+
+
+def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) -> list[dict]:
+    """One config at one thread count, every dtype (the work of one child process)."""
+    torch.set_num_threads(threads)
+    cfg = CONFIGS[key]
+    torch.manual_seed(0)
+    sides = [nanogpt_side(load_nanogpt(nanogpt_dir), cfg), modulm_side(cfg)]
+    rows = []
+    for dtype in dtypes:
+        rate = MatmulRate(torch.bfloat16 if dtype == "bf16" else torch.float32)
+        steps = run_row(sides, cfg, dtype == "bf16", rate, args.rounds, args.steps, args.warmup, args.round_seconds)
+        n_tok = cfg.batch_size * cfg.context_length
+        row = {"config": cfg.name, "threads": threads, "dtype": dtype, "steps": steps, "peak": rate.peak}
+        for side in sides:
+            seconds = statistics.median(side.round_medians)
+            row[side.name] = {"tok_s": n_tok / seconds, "mfu": side.flops_per_step / seconds / rate.peak,
+                              "faults": side.faults}
+        rows.append(row)
+    return rows
+
+
+# glibc's allocator hands big blocks back to the kernel when they are freed (and takes its
+# mmap threshold from the biggest block freed so far), so a step that frees and reallocates
+# tens of MB pays a page fault per 4 KiB touched; these keep freed memory in the process
+NO_TRIM_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 32),
+               "MALLOC_TOP_PAD_": str(64 << 20)}
+
+
+def run_child(args, threads: int, key: str, dtypes: list[str]) -> list[dict]:
+    command = [sys.executable, __file__, "--nanogpt", str(args.nanogpt), "--child", f"{threads}:{key}",
+               "--dtypes", ",".join(dtypes), "--rounds", str(args.rounds), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--round-seconds", str(args.round_seconds)]
+    env = dict(os.environ, **(NO_TRIM_ENV if args.allocator == "no-trim" else {}))
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_vs_nanogpt: the {threads}-thread {key} child failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -141,46 +194,39 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before each row")
     parser.add_argument("--round-seconds", type=float, default=1.0,
                         help="more steps per round where --steps would take less than this (both sides alike)")
+    parser.add_argument("--allocator", choices=("default", "no-trim"), default="default",
+                        help="no-trim: run the children with glibc's MALLOC_*_ settings that keep freed memory "
+                             "(neither side then pays page faults for memory it frees and allocates again)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # THREADS:CONFIG, run by the parent
     args = parser.parse_args()
     if args.nanogpt is None or not (args.nanogpt / "model.py").is_file():
         print("skipped: pass --nanogpt DIR, a checkout of https://github.com/karpathy/nanoGPT (DIR/model.py)")
         return 0
-    nanogpt = load_nanogpt(args.nanogpt)
     dtypes = args.dtypes.split(",")
+    if args.child:
+        threads, key = args.child.split(":")
+        print(json.dumps(measure(args.nanogpt, int(threads), key, dtypes, args)))
+        return 0
     if "bf16" in dtypes and not bf16_native():
         print("bf16 rows skipped: this CPU has no native bf16 matmul (it would be emulated)")
         dtypes.remove("bf16")
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16 {bf16_native()}, {args.rounds} rounds x at least {args.steps} steps "
-          f"(and {args.round_seconds:g} s) per side")
+          f"(and {args.round_seconds:g} s) per side, one process per config and thread count, "
+          f"allocator {args.allocator}")
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
-        torch.set_num_threads(threads)
-        rates = {"fp32": MatmulRate(torch.float32)}
-        if "bf16" in dtypes:
-            rates["bf16"] = MatmulRate(torch.bfloat16)
         for key in args.configs.split(","):
-            cfg = CONFIGS[key]
-            torch.manual_seed(0)
-            sides = [nanogpt_side(nanogpt, cfg), modulm_side(cfg)]
-            for dtype in dtypes:
-                steps = run_row(sides, cfg, dtype == "bf16", rates[dtype], args.rounds, args.steps, args.warmup,
-                                args.round_seconds)
-                rows.append((threads, cfg, dtype, rates[dtype], [(s, statistics.median(s.round_medians)) for s in sides]))
-                print(f"  done: {threads} thread(s) {cfg.name} {dtype}, {args.rounds} rounds x {steps} steps",
-                      file=sys.stderr, flush=True)
-        for dtype, rate in rates.items():
-            print(f"{threads} thread(s): {dtype} matmul peak (best of samples between rounds) "
-                  f"{rate.peak / 1e9:.0f} GFLOP/s")
-    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | nanoGPT MFU | modulm MFU |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for threads, cfg, dtype, rate, results in rows:
-        (_, t_nano), (modulm, t_ours) = results
-        n_tok = cfg.batch_size * cfg.context_length
-        nano_side = results[0][0]
-        print(f"| {cfg.name} | {threads} | {dtype} | {n_tok / t_nano:.0f} | {n_tok / t_ours:.0f} | "
-              f"{t_nano / t_ours:.2f} | {100 * nano_side.flops_per_step / t_nano / rate.peak:.0f}% | "
-              f"{100 * modulm.flops_per_step / t_ours / rate.peak:.0f}% |")
+            rows += run_child(args, threads, key, dtypes)
+            print(f"  done: {threads} thread(s) {key}", file=sys.stderr, flush=True)
+    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | nanoGPT MFU | modulm MFU "
+          "| matmul peak GFLOP/s | page faults per step (nanoGPT / modulm) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        nano, ours = row["nanoGPT"], row["modulm"]
+        print(f"| {row['config']} | {row['threads']} | {row['dtype']} | {nano['tok_s']:.0f} | {ours['tok_s']:.0f} | "
+              f"{ours['tok_s'] / nano['tok_s']:.2f} | {100 * nano['mfu']:.0f}% | {100 * ours['mfu']:.0f}% | "
+              f"{row['peak'] / 1e9:.0f} | {nano['faults']:.0f} / {ours['faults']:.0f} |")
     return 0
 
 
