@@ -14,7 +14,8 @@ Each config at each thread count runs in a fresh child process, as each framewor
 script would (one row's allocations would otherwise change the allocator's state for the next:
 glibc raises its mmap threshold to the biggest block freed so far). Within it, rounds are
 interleaved (nanoGPT then modulm, the order alternating per round); each row reports the median
-over rounds of each round's median step time, and each side's minor page faults per step. The
+over rounds of each round's median step time (and the range of the rounds' own ratios: each
+round times both sides back to back), and each side's minor page faults per step. The
 fp32 (and, where used, bf16) matmul rate is sampled between rounds, and MFU is a step's training
 FLOPs (3 x the forward matmul FLOPs, attention scores over the full T x T square) over the step
 time and that rate. ``--allocator no-trim`` runs the children with glibc settings that keep freed
@@ -161,6 +162,8 @@ def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) 
             seconds = statistics.median(side.round_medians)
             row[side.name] = {"tok_s": n_tok / seconds, "mfu": side.flops_per_step / seconds / rate.peak,
                               "faults": side.faults}
+        # each round times both sides back to back: its ratio sees the same load on the host
+        row["round_ratios"] = [t_nano / t_ours for t_nano, t_ours in zip(sides[0].round_medians, sides[1].round_medians)]
         rows.append(row)
     return rows
 
@@ -219,13 +222,14 @@ def main() -> int:
         for key in args.configs.split(","):
             rows += run_child(args, threads, key, dtypes)
             print(f"  done: {threads} thread(s) {key}", file=sys.stderr, flush=True)
-    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | nanoGPT MFU | modulm MFU "
-          "| matmul peak GFLOP/s | page faults per step (nanoGPT / modulm) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | per round | nanoGPT MFU "
+          "| modulm MFU | matmul peak GFLOP/s | page faults per step (nanoGPT / modulm) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        nano, ours = row["nanoGPT"], row["modulm"]
+        nano, ours, per_round = row["nanoGPT"], row["modulm"], row["round_ratios"]
         print(f"| {row['config']} | {row['threads']} | {row['dtype']} | {nano['tok_s']:.0f} | {ours['tok_s']:.0f} | "
-              f"{ours['tok_s'] / nano['tok_s']:.2f} | {100 * nano['mfu']:.0f}% | {100 * ours['mfu']:.0f}% | "
+              f"{ours['tok_s'] / nano['tok_s']:.2f} | {min(per_round):.2f}–{max(per_round):.2f} | "
+              f"{100 * nano['mfu']:.0f}% | {100 * ours['mfu']:.0f}% | "
               f"{row['peak'] / 1e9:.0f} | {nano['faults']:.0f} / {ours['faults']:.0f} |")
     return 0
 
