@@ -96,3 +96,11 @@ def test_training_attention_on_the_cpu_takes_the_block_path(monkeypatch):
     attention_module.fused_causal_attention(q[:, :, :32], q[:, :, :32], q[:, :, :32])  # too short: one sdpa call
     attention_module.fused_causal_attention(q.bfloat16(), q.bfloat16(), q.bfloat16())  # attended in float32
     assert calls == [q.shape, q.shape]
+
+
+def test_mask_cache_stays_bounded_over_many_lengths():
+    q = randn(0, 1, 1, 300, 4)
+    with torch.no_grad():
+        for length in range(64, 300, 3):
+            block_causal_attention(q[:, :, :length], q[:, :, :length], q[:, :, :length])
+    assert cpu_attention._mask.cache_info().currsize <= 64
