@@ -78,8 +78,8 @@ class _BlockCausal(torch.autograd.Function):
         lses = []
         for lo, hi in zip(bounds, bounds[1:]):
             block, lse = _aten._scaled_dot_product_flash_attention_for_cpu.default(
-                q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], 0.0, **_block_args(lo, hi, q.dtype))
-            out[:, :, lo:hi] = block
+                q.narrow(2, lo, hi - lo), k.narrow(2, 0, hi), v.narrow(2, 0, hi), 0.0, **_block_args(lo, hi, q.dtype))
+            out.narrow(2, lo, hi - lo).copy_(block)
             lses.append(lse)
         ctx.save_for_backward(q, k, v, out, *lses)
         ctx.bounds = bounds
@@ -95,13 +95,14 @@ class _BlockCausal(torch.autograd.Function):
         # the last block sees every key: its key and value gradients start the sums
         for i in reversed(range(len(lses))):
             lo, hi = bounds[i], bounds[i + 1]
+            rows = hi - lo
             gq, gk, gv = _aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
-                grad[:, :, lo:hi], q[:, :, lo:hi], k[:, :, :hi], v[:, :, :hi], out[:, :, lo:hi], lses[i], 0.0,
-                **_block_args(lo, hi, q.dtype))
+                grad.narrow(2, lo, rows), q.narrow(2, lo, rows), k.narrow(2, 0, hi), v.narrow(2, 0, hi),
+                out.narrow(2, lo, rows), lses[i], 0.0, **_block_args(lo, hi, q.dtype))
             grad_q_blocks.append(gq)
             if grad_k is None:
                 grad_k, grad_v = gk, gv
             else:
-                grad_k[:, :, :hi].add_(gk)
-                grad_v[:, :, :hi].add_(gv)
+                grad_k.narrow(2, 0, hi).add_(gk)
+                grad_v.narrow(2, 0, hi).add_(gv)
         return torch.cat(grad_q_blocks[::-1], dim=2), grad_k, grad_v
