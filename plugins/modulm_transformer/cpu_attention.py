@@ -10,8 +10,9 @@ sums the key and value gradients.
 
 Same maths, different summation order: outputs and gradients agree with one
 ``scaled_dot_product_attention(is_causal=True)`` call to float32 rounding (tested). Measured on
-bench-tiny's heads (16 x 4 x 128 x 32), forward and backward: 7.5 -> 5.7 ms at 1 thread,
-4.3 -> 3.6 ms at 2 threads; bench-small's (8 x 16 x 256 x 32): 47.8 -> 37 ms and 27.6 -> 24.4 ms.
+bench-tiny's heads (16 x 4 x 128 x 32), forward and backward with the heads merged afterwards:
+6.4 -> 5.2 ms at 1 thread, 4.4 -> 3.8 ms at 2 threads; bench-small's (8 x 16 x 256 x 32):
+47.8 -> 36.9 ms and 27.6 -> 24.4 ms (docs/components.md).
 """
 
 from __future__ import annotations
