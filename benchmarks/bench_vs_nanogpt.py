@@ -206,6 +206,10 @@ def main() -> int:
         print("skipped: pass --nanogpt DIR, a checkout of https://github.com/karpathy/nanoGPT (DIR/model.py)")
         return 0
     dtypes = args.dtypes.split(",")
+    if unknown := sorted(set(dtypes) - {"fp32", "bf16"}):
+        parser.error(f"--dtypes: unknown {', '.join(unknown)} (fp32, bf16)")
+    if unknown := sorted(set(args.configs.split(",")) - set(CONFIGS)):
+        parser.error(f"--configs: unknown {', '.join(unknown)} ({', '.join(CONFIGS)})")
     if args.child:
         threads, key = args.child.split(":")
         print(json.dumps(measure(args.nanogpt, int(threads), key, dtypes, args)))
@@ -213,6 +217,8 @@ def main() -> int:
     if "bf16" in dtypes and not bf16_native():
         print("bf16 rows skipped: this CPU has no native bf16 matmul (it would be emulated)")
         dtypes.remove("bf16")
+        if not dtypes:
+            return 0
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"native bf16 {bf16_native()}, {args.rounds} rounds x at least {args.steps} steps "
           f"(and {args.round_seconds:g} s) per side, one process per config and thread count, "
