@@ -23,7 +23,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from modulm.functional.attention import causal_mask
+
 _aten = torch.ops.aten
+# the kernels this needs are private ATen ops: looked up once, not on every call
+_HAS_KERNELS = hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 _MIN_BLOCK = 32  # the kernel's own query block at these lengths; smaller blocks cost more calls than they skip
 
 
@@ -37,7 +41,7 @@ def block_causal_available(q: Tensor, k: Tensor, v: Tensor) -> bool:
         and q.shape[-2] == k.shape[-2] >= 2 * _MIN_BLOCK
         and not torch.compiler.is_compiling()
         and not torch.is_autocast_enabled("cpu")
-        and hasattr(_aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+        and _HAS_KERNELS
     )
 
 
@@ -60,9 +64,9 @@ def _bounds(length: int) -> list[int]:
 
 @functools.lru_cache(maxsize=64)  # bounded: prompts of many lengths must not grow it without end
 def _mask(lo: int, hi: int, dtype: torch.dtype) -> Tensor:
-    """Additive ``(hi - lo, hi)`` mask: row ``r`` (query ``lo + r``) sees keys ``<= lo + r``."""
-    hidden = torch.arange(hi)[None, :] > torch.arange(lo, hi)[:, None]
-    return torch.zeros(hidden.shape, dtype=dtype).masked_fill_(hidden, float("-inf"))
+    """Additive ``(hi - lo, hi)`` mask: row ``r`` (query ``lo + r``) sees keys ``<= lo + r`` (the
+    kernel takes a mask in the queries' dtype, not a boolean one)."""
+    return torch.zeros(hi - lo, hi, dtype=dtype).masked_fill_(~causal_mask(hi - lo, hi), float("-inf"))
 
 
 def _block_args(lo: int, hi: int, dtype: torch.dtype) -> dict:
