@@ -72,6 +72,7 @@ class Side:
         self.name, self.model, self.optimizer, self.loss_of = name, model, optimizer, loss_of
         self.flops_per_step = flops_per_step
         self.round_medians: list[float] = []
+        self.faults = 0.0  # minor page faults per timed step of the last row
 
     def step(self, inputs, targets, autocast: bool) -> float:
         start = time.perf_counter()
@@ -130,8 +131,9 @@ def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, ro
     minor page faults per timed step."""
     gen = torch.Generator().manual_seed(0)
     batch = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context_length), generator=gen) for _ in range(2)]
+    faults = {side.name: 0 for side in sides}
     for side in sides:
-        side.round_medians, side.fault_count = [], 0
+        side.round_medians = []
         warm = [side.step(*batch, autocast) for _ in range(max(warmup, 1))]
         steps = max(steps, math.ceil(round_seconds / min(warm)))
     for r in range(rounds):
@@ -140,9 +142,9 @@ def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, ro
         for side in (sides if r % 2 == 0 else sides[::-1]):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             side.round_medians.append(statistics.median(side.step(*batch, autocast) for _ in range(steps)))
-            side.fault_count += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+            faults[side.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     for side in sides:
-        side.faults = side.fault_count / (rounds * steps)
+        side.faults = faults[side.name] / (rounds * steps)
     return steps
 
 
