@@ -5,7 +5,8 @@ One step = forward, loss, backward, optimizer step, zero_grad, on random tokens.
 ``bias=False``, dropout 0, and its own ``configure_optimizers``: torch's AdamW, two decay groups,
 F.cross_entropy inside its forward). modulm's side is ``TransformerLM`` (the CS336 defaults: RoPE,
 SwiGLU, RMSNorm, untied head) with ``modulm_optim.AdamW`` and the loss as the trainer computes it
-(``model(x, targets=y)``: the LM head fused with modulm's cross-entropy). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
+(``model(x, targets=y)``: the LM head fused with modulm's cross-entropy), its float32 products in
+the library ``system.cpu_matmul = "auto"`` picks (``--cpu-matmul``; oneDNN on non-Intel x86 CPUs). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
 own (GELU, 4 x d), and the configs' SwiGLU ``d_ff`` makes 3 d d_ff equal to within 2% of nanoGPT's
 8 d^2, so the matmul FLOPs per token agree to within 1% (MFU is computed from each model's own
 shapes, so the small difference is accounted for).
@@ -16,14 +17,15 @@ glibc raises its mmap threshold to the biggest block freed so far). Within it, r
 interleaved (nanoGPT then modulm, the order alternating per round); each row reports the median
 over rounds of each round's median step time (and the range of the rounds' own ratios: each
 round times both sides back to back), and each side's minor page faults per step. The
-fp32 (and, where used, bf16) matmul rate is sampled between rounds, and MFU is a step's training
+fp32 (and, where used, bf16) matmul rate is sampled between rounds (float32 through both torch's
+BLAS and oneDNN; the faster is the peak), and MFU is a step's training
 FLOPs (3 x the forward matmul FLOPs, attention scores over the full T x T square) over the step
 time and that rate. ``--allocator no-trim`` runs the children with glibc settings that keep freed
 memory, for the comparison where neither side pays page faults for memory it frees and reallocates.
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_vs_nanogpt.py --nanogpt /path/to/nanoGPT
         [--threads 1,2] [--configs tiny,small] [--dtypes fp32,bf16] [--rounds 3] [--steps 3] [--round-seconds 1]
-        [--allocator default|no-trim]
+        [--allocator default|no-trim] [--cpu-matmul auto|onednn|blas]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from modulm.functional.linear import CPU_MATMULS, onednn_available, resolve_cpu_matmul, set_cpu_matmul
 from modulm_optim.adamw import AdamW
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import forward_flops_per_token
@@ -104,23 +107,33 @@ def modulm_side(cfg: Config) -> Side:
 
 
 class MatmulRate:
-    """FLOP/s of an n x n x n product in one dtype, sampled between rounds; ``peak`` is the best
-    sample (on a loaded machine the median would measure the other processes)."""
+    """FLOP/s of an n x n x n product in one dtype, sampled between rounds through each library torch
+    offers for it (float32: its BLAS and oneDNN; bf16: oneDNN, which torch.mm calls); ``peak`` is
+    the best sample of the fastest (on a loaded machine the median would measure the other
+    processes), ``peaks`` each library's best."""
 
     def __init__(self, dtype: torch.dtype, n: int = 1024) -> None:
         self.n, self.a, self.b = n, torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        self.samples: list[float] = []
+        self.products = {"blas" if dtype == torch.float32 else "oneDNN": lambda: torch.mm(self.a, self.b)}
+        if dtype == torch.float32 and onednn_available():
+            self.products["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(self.a, self.b, None, "none", [], "")
+        self.samples: dict[str, list[float]] = {name: [] for name in self.products}
         self.sample()
 
     def sample(self) -> None:
-        start = time.perf_counter()
-        for _ in range(3):
-            torch.mm(self.a, self.b)
-        self.samples.append(3 * 2 * self.n**3 / (time.perf_counter() - start))
+        for name, product in self.products.items():
+            start = time.perf_counter()
+            for _ in range(3):
+                product()
+            self.samples[name].append(3 * 2 * self.n**3 / (time.perf_counter() - start))
+
+    @property
+    def peaks(self) -> dict[str, float]:
+        return {name: max(samples) for name, samples in self.samples.items()}
 
     @property
     def peak(self) -> float:
-        return max(self.samples)
+        return max(self.peaks.values())
 
 
 def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, rounds: int, steps: int,
@@ -151,6 +164,7 @@ def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, ro
 def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) -> list[dict]:
     """One config at one thread count, every dtype (the work of one child process)."""
     torch.set_num_threads(threads)
+    set_cpu_matmul(args.cpu_matmul)
     cfg = CONFIGS[key]
     torch.manual_seed(0)
     sides = [nanogpt_side(load_nanogpt(nanogpt_dir), cfg), modulm_side(cfg)]
@@ -159,7 +173,8 @@ def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) 
         rate = MatmulRate(torch.bfloat16 if dtype == "bf16" else torch.float32)
         steps = run_row(sides, cfg, dtype == "bf16", rate, args.rounds, args.steps, args.warmup, args.round_seconds)
         n_tok = cfg.batch_size * cfg.context_length
-        row = {"config": cfg.name, "threads": threads, "dtype": dtype, "steps": steps, "peak": rate.peak}
+        row = {"config": cfg.name, "threads": threads, "dtype": dtype, "steps": steps, "peak": rate.peak,
+               "peaks": rate.peaks}
         for side in sides:
             seconds = statistics.median(side.round_medians)
             row[side.name] = {"tok_s": n_tok / seconds, "mfu": side.flops_per_step / seconds / rate.peak,
@@ -180,7 +195,7 @@ NO_TRIM_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_"
 def run_child(args, threads: int, key: str, dtypes: list[str]) -> list[dict]:
     command = [sys.executable, __file__, "--nanogpt", str(args.nanogpt), "--child", f"{threads}:{key}",
                "--dtypes", ",".join(dtypes), "--rounds", str(args.rounds), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--round-seconds", str(args.round_seconds)]
+               "--warmup", str(args.warmup), "--round-seconds", str(args.round_seconds), "--cpu-matmul", args.cpu_matmul]
     env = dict(os.environ, **(NO_TRIM_ENV if args.allocator == "no-trim" else {}))
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -202,6 +217,8 @@ def main() -> int:
     parser.add_argument("--allocator", choices=("default", "no-trim"), default="default",
                         help="no-trim: run the children with glibc's MALLOC_*_ settings that keep freed memory "
                              "(neither side then pays page faults for memory it frees and allocates again)")
+    parser.add_argument("--cpu-matmul", choices=CPU_MATMULS, default="auto",
+                        help="the library of modulm's float32 products (system.cpu_matmul); nanoGPT's are torch's default")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # THREADS:CONFIG, run by the parent
     args = parser.parse_args()
     if args.nanogpt is None or not (args.nanogpt / "model.py").is_file():
@@ -225,20 +242,23 @@ def main() -> int:
           f"native bf16 {bf16_native()}, {args.rounds} rounds x at least {args.steps} steps "
           f"(and {args.round_seconds:g} s) per side, one process per config and thread count, "
           f"allocator {args.allocator}")
+    print(f"modulm's float32 CPU matmuls: {resolve_cpu_matmul(args.cpu_matmul).reason}; nanoGPT's: torch's default "
+          "(its BLAS). MFU is against the faster library's peak.")
     rows = []
     for threads in (int(t) for t in args.threads.split(",")):
         for key in args.configs.split(","):
             rows += run_child(args, threads, key, dtypes)
             print(f"  done: {threads} thread(s) {key}", file=sys.stderr, flush=True)
     print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | per round | nanoGPT MFU "
-          "| modulm MFU | matmul peak GFLOP/s | page faults per step (nanoGPT / modulm) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| modulm MFU | matmul peak GFLOP/s | per library | page faults per step (nanoGPT / modulm) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for row in rows:
         nano, ours, per_round = row["nanoGPT"], row["modulm"], row["round_ratios"]
+        libraries = ", ".join(f"{name} {peak / 1e9:.0f}" for name, peak in row["peaks"].items())
         print(f"| {row['config']} | {row['threads']} | {row['dtype']} | {nano['tok_s']:.0f} | {ours['tok_s']:.0f} | "
               f"{ours['tok_s'] / nano['tok_s']:.2f} | {min(per_round):.2f}–{max(per_round):.2f} | "
               f"{100 * nano['mfu']:.0f}% | {100 * ours['mfu']:.0f}% | "
-              f"{row['peak'] / 1e9:.0f} | {nano['faults']:.0f} / {ours['faults']:.0f} |")
+              f"{row['peak'] / 1e9:.0f} | {libraries} | {nano['faults']:.0f} / {ours['faults']:.0f} |")
     return 0
 
 

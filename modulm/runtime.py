@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from modulm.errors import ModulmError
+from modulm.functional.linear import resolve_cpu_matmul, set_cpu_matmul
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The ATen CPU capabilities of x86 builds whose bf16 kernels are emulated (no AVX-512).
@@ -188,10 +189,15 @@ class Runtime:
 
 
 def configure(system: Any, device: torch.device) -> Runtime:
-    """Apply ``system`` (threads, TF32) for ``device`` and resolve its dtype. Checks before it changes anything."""
+    """Apply ``system`` (threads, TF32, the CPU's matmul library) for ``device`` and resolve its dtype. Checks before it changes anything."""
     precision = resolve_precision(device, getattr(system, "dtype", "float32"))
     threads = resolve_threads(getattr(system, "threads", None))
     tf32 = bool(getattr(system, "tf32", True))
+    try:
+        matmul = resolve_cpu_matmul(getattr(system, "cpu_matmul", "auto"))
+    except ValueError as exc:
+        raise ModulmError(f"system.{exc}") from None
+    set_cpu_matmul(matmul.backend)
     if threads is not None:
         torch.set_num_threads(threads)
     if device.type == "cuda":
@@ -202,6 +208,8 @@ def configure(system: Any, device: torch.device) -> Runtime:
     lines = [f"Precision: {precision.reason}"]
     if device.type == "cpu" or threads is not None:
         lines.append(f"CPU threads: {count} ({how}; on a busy machine fewer can be faster: system.threads)")
+    if device.type == "cpu":
+        lines.append(f"CPU float32 matmuls: {matmul.reason} (system.cpu_matmul)")
     if device.type == "cuda":
         lines.append(f"TF32 matmuls for float32: {'on' if tf32 else 'off'} (system.tf32)")
     return Runtime(device, precision, count, lines)

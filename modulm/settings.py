@@ -104,7 +104,19 @@ def _float16_needs_a_gpu(p: Mapping[str, Any]) -> list:
     return []
 
 
-@checks(_device_names_a_device, _float16_needs_a_gpu)
+def _onednn_needs_its_kernel(p: Mapping[str, Any]) -> list:
+    """cpu_matmul = "onednn" needs a torch build with oneDNN's float32 linear kernel."""
+    if p.get("cpu_matmul") != "onednn":
+        return []
+    from modulm.functional.linear import onednn_available  # imports torch: only for this setting
+
+    if not onednn_available():
+        return [problem("'onednn' requested, but this torch build has no usable oneDNN linear kernel; "
+                        "use \"auto\" or \"blas\"", key="cpu_matmul")]
+    return []
+
+
+@checks(_device_names_a_device, _float16_needs_a_gpu, _onednn_needs_its_kernel)
 @dataclass
 class SystemSettings:
     """[system]: hardware and reproducibility.
@@ -115,6 +127,7 @@ class SystemSettings:
     seed: seeds parameters, sampling and data order (a non-negative integer)
     threads: CPU threads for torch (torch.set_num_threads); unset keeps torch's default, "auto" means the physical cores
     tf32: on CUDA, float32 matmuls and convolutions use TF32 tensor cores (ignored elsewhere)
+    cpu_matmul: the library for float32 matrix products on a CPU: "auto" (oneDNN on x86 CPUs not made by Intel, where MKL runs its AVX2 kernels; torch's BLAS elsewhere), "onednn" or "blas"
     """
 
     device: str = "auto"
@@ -123,6 +136,7 @@ class SystemSettings:
     seed: Annotated[int, Ge(0)] = 42
     threads: Annotated[int, Ge(1)] | Literal["auto"] | None = None
     tf32: bool = True
+    cpu_matmul: Literal["auto", "onednn", "blas"] = "auto"
 
 
 @dataclass

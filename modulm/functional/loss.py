@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from modulm.functional.linear import linear, uses_onednn, weight_grad
 from modulm.functional.workspace import workspace
 
 #: Elements (rows x vocab) per chunk on the CPU: 4 MiB of float32, so a chunk stays in cache
@@ -148,25 +149,33 @@ def _fused_chunk_rows(rows: int, vocab: int, device: torch.device) -> int:
 def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: bool,
                   want_weight: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Mean loss of ``hidden @ weight.T`` and, as asked, the gradients of ``hidden`` (flattened to
-    2-D) and ``weight``: a chunk of rows at a time, each chunk's logits formed in one reused buffer
-    and turned into their gradient ``(softmax - onehot) / rows`` in place."""
+    2-D) and ``weight``: a chunk of rows at a time, each chunk's logits turned into their gradient
+    ``(softmax - onehot) / rows`` in place."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1, 1).to(torch.int64)
     rows, vocab = flat.shape[0], weight.shape[0]
-    compute = torch.promote_types(flat.dtype, torch.float32)
-    losses = torch.empty(rows, dtype=compute, device=flat.device)
+    losses = torch.empty(rows, dtype=torch.promote_types(flat.dtype, torch.float32), device=flat.device)
+    step = _fused_chunk_rows(rows, vocab, flat.device)
+    chunks = _onednn_chunks if uses_onednn(flat, weight) else _blas_chunks
+    grad_hidden, grad_weight = chunks(flat, weight, flat_targets, losses, step, want_hidden, want_weight)
+    return losses.mean(), grad_hidden, grad_weight
+
+
+def _blas_chunks(flat: Tensor, weight: Tensor, targets: Tensor, losses: Tensor, step: int, want_hidden: bool,
+                 want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_fused_losses`'s chunks through ``torch.mm``, into one reused logits buffer."""
+    rows, vocab = flat.shape[0], weight.shape[0]
     grad_hidden = torch.empty_like(flat) if want_hidden else None
     grad_weight = (torch.empty_like(weight) if rows else torch.zeros_like(weight)) if want_weight else None
-    step = _fused_chunk_rows(rows, vocab, flat.device)
     logits = workspace("linear_cross_entropy", (min(step, rows), vocab), flat.dtype, flat.device)
-    shifted = logits if flat.dtype == compute else workspace("linear_cross_entropy:wide", logits.shape, compute,
-                                                              flat.device)
+    shifted = logits if flat.dtype == losses.dtype else workspace("linear_cross_entropy:wide", logits.shape,
+                                                                   losses.dtype, flat.device)
     weight_t = weight.t()
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         chunk, part = logits[: stop - start], flat[start:stop]
         torch.mm(part, weight_t, out=chunk)
-        _chunk_losses(chunk, flat_targets[start:stop], shifted[: stop - start], losses[start:stop],
+        _chunk_losses(chunk, targets[start:stop], shifted[: stop - start], losses[start:stop],
                       chunk if want_hidden or want_weight else None, 1.0 / rows)
         if want_hidden:
             torch.mm(chunk, weight, out=grad_hidden[start:stop])
@@ -175,7 +184,32 @@ def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: 
                 torch.mm(chunk.t(), part, out=grad_weight)
             else:
                 grad_weight.addmm_(chunk.t(), part)
-    return losses.mean(), grad_hidden, grad_weight
+    return grad_hidden, grad_weight
+
+
+def _onednn_chunks(flat: Tensor, weight: Tensor, targets: Tensor, losses: Tensor, step: int, want_hidden: bool,
+                   want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`_fused_losses`'s chunks through oneDNN (float32 on a CPU, :mod:`modulm.functional.linear`),
+    whose products are new tensors: each chunk's logits are worked on in place where they land."""
+    rows = flat.shape[0]
+    grad_hidden = torch.empty_like(flat) if want_hidden and not 0 < rows <= step else None  # one chunk: its own
+    grad_weight = torch.zeros_like(weight) if want_weight and not rows else None
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        part = flat[start:stop]
+        chunk = linear(part, weight)
+        _chunk_losses(chunk, targets[start:stop], chunk, losses[start:stop],
+                      chunk if want_hidden or want_weight else None, 1.0 / rows)
+        if want_hidden:
+            part_grad = linear(chunk, weight.t())
+            if grad_hidden is None:
+                grad_hidden = part_grad
+            else:
+                grad_hidden[start:stop] = part_grad
+        if want_weight:
+            part_grad = weight_grad(chunk, part)
+            grad_weight = part_grad if grad_weight is None else grad_weight.add_(part_grad)
+    return grad_hidden, grad_weight
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

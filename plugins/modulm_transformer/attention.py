@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from modulm.functional.attention import causal_mask, scaled_dot_product_attention
+from modulm.functional.linear import linear
 from modulm_transformer.cache import LayerKVCache
 from modulm_transformer.cpu_attention import block_causal_attention, block_causal_available
 from modulm_transformer.layers import Linear
@@ -68,7 +69,7 @@ class CausalSelfAttention(nn.Module):
         """Queries, keys and values ``(..., heads, T, head_dim)``: one matmul instead of three
         (fewer, larger kernels; the gradient of the stacked weight splits back into views)."""
         weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        qkv = torch.matmul(x, weight.t())
+        qkv = linear(x, weight)
         q, k, v = qkv.split(self.d_model, dim=-1)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 

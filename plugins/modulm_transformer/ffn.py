@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from modulm.functional.attention import gated_silu, silu
+from modulm.functional.linear import linear
 from modulm_transformer.layers import Linear
 
 
@@ -32,7 +33,7 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = torch.matmul(x, torch.cat((self.w1.weight, self.w3.weight)).t())
+        hidden = linear(x, torch.cat((self.w1.weight, self.w3.weight)))
         # hidden is this call's own: its memory can take its gradient (not while compiling, where
         # the graph is functional)
         return self.w2(gated_silu(hidden, overwrite_input=not torch.compiler.is_compiling()))

@@ -1,0 +1,181 @@
+"""``x @ weight.T`` (a linear layer without bias), with the CPU's float32 matrix products routed to
+the faster of the two GEMM libraries that torch ships.
+
+On a CPU torch computes float32 products with its BLAS (MKL in the x86 wheels). MKL runs its AVX2
+kernels on AMD processors even where they have AVX-512, while oneDNN, also inside torch, picks its
+kernels from the CPU's features. On a 2-core AMD EPYC (Zen 5) VM, MKL reached 100–113 GFLOP/s per
+core on a training step's shapes and oneDNN 238–256; with oneDNN held to AVX2 it was still
+114–129 (``benchmarks/bench_gemm.py``). On Intel processors MKL is Intel's own tuned library.
+
+So :func:`resolve_cpu_matmul` (``system.cpu_matmul`` in a recipe) picks, for ``"auto"``, oneDNN
+on x86 CPUs whose vendor is not Intel, and torch's BLAS elsewhere. The choice follows from the
+CPU alone, never from a timing, so two runs (and a run and its resume) on one machine compute the
+same bits. oneDNN's products differ from MKL's only in float32 rounding (a relative 1e-6), and
+are deterministic, also across thread counts.
+
+Only float32 CPU tensors take the oneDNN path, outside autocast (whose bf16 products already run
+in oneDNN) and outside ``torch.compile`` (inductor chooses its own kernels); everything else is
+``torch.matmul``.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.utils.flop_counter
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+CPU_MATMULS = ("auto", "onednn", "blas")
+#: Products of fewer multiply-adds than this stay with torch's BLAS: a oneDNN call costs about 10 µs
+#: more (1×128×128: 2.5 against 12 µs; 64×128×128: 14 against 17; 256×128×128: 43 against 28).
+ONEDNN_MIN_MACS = 1 << 21
+
+
+@dataclass(frozen=True)
+class CpuMatmul:
+    """The library the CPU's float32 products use (``"onednn"`` or ``"blas"``) and why."""
+
+    backend: str
+    reason: str
+
+
+@lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, …), or ``""`` when unknown."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    for vendor in ("GenuineIntel", "AuthenticAMD", "HygonGenuine"):
+        if vendor in platform.processor():
+            return vendor
+    return ""
+
+
+@lru_cache(maxsize=1)
+def onednn_available() -> bool:
+    """Whether this torch has oneDNN's float32 linear kernel (and has not been told to avoid oneDNN)."""
+    try:
+        op = torch.ops.mkldnn._linear_pointwise.default
+        probe = op(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(torch.backends.mkldnn.is_available()) and bool(torch.equal(probe, torch.full((2, 4), 3.0)))
+
+
+def resolve_cpu_matmul(requested: str = "auto") -> CpuMatmul:
+    """Turn ``system.cpu_matmul`` (``auto``, ``onednn`` or ``blas``) into the library used here."""
+    if requested not in CPU_MATMULS:
+        raise ValueError(f"cpu_matmul must be one of {CPU_MATMULS}, got {requested!r}")
+    if requested == "blas":
+        return CpuMatmul("blas", "torch's BLAS, as set")
+    if not onednn_available():
+        if requested == "onednn":
+            raise ValueError("cpu_matmul = 'onednn': this torch build has no usable oneDNN linear kernel")
+        return CpuMatmul("blas", "auto: torch's BLAS (this torch has no usable oneDNN linear kernel)")
+    if requested == "onednn":
+        return CpuMatmul("onednn", "oneDNN, as set")
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    vendor = cpu_vendor()
+    if x86 and vendor and vendor != "GenuineIntel":
+        return CpuMatmul("onednn", f"auto: oneDNN ({vendor} CPU: MKL would run its AVX2 kernels here)")
+    return CpuMatmul("blas", f"auto: torch's BLAS ({vendor or platform.machine() or 'unknown'} CPU)")
+
+
+_backend: str | None = None  # None: resolve "auto" on first use
+
+
+def set_cpu_matmul(requested: str) -> CpuMatmul:
+    """Use ``requested`` (see :func:`resolve_cpu_matmul`) for this process's float32 CPU products."""
+    global _backend
+    choice = resolve_cpu_matmul(requested)
+    _backend = choice.backend
+    return choice
+
+
+def cpu_matmul() -> str:
+    """The library this process's float32 CPU products use now: ``"onednn"`` or ``"blas"``."""
+    if _backend is None:
+        set_cpu_matmul("auto")
+    return _backend  # type: ignore[return-value]
+
+
+def uses_onednn(*tensors: Tensor) -> bool:
+    """Whether a product of these tensors takes the oneDNN path (float32 CPU, no autocast, no compile)."""
+    if (cpu_matmul() != "onednn" or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+            or not torch.backends.mkldnn.enabled):
+        return False
+    return all(type(t) in (Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
+               and t.layout == torch.strided for t in tensors)
+
+
+def _onednn(x: Tensor, weight: Tensor) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise.default(x, weight, None, "none", [], "")
+
+
+def weight_grad(grad: Tensor, x: Tensor) -> Tensor:
+    """``grad.T @ x`` for 2-D ``grad`` ``(rows, n)`` and ``x`` ``(rows, k)`` as a contiguous ``(n, k)``
+    tensor, through oneDNN when it is large enough (:data:`ONEDNN_MIN_MACS`). The kernel copies a
+    transposed input to contiguous memory, so the product is formed the way round that copies the
+    smaller of the two."""
+    if grad.numel() * x.shape[1] < ONEDNN_MIN_MACS:
+        return torch.mm(grad.t(), x)
+    if grad.shape[1] <= x.shape[1]:
+        return _onednn(grad.t(), x.t())
+    return _onednn(x.t(), grad.t()).t().contiguous()
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x @ weight.T`` through oneDNN, forward and backward (``grad @ weight``, ``grad.T @ x``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        return _onednn(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        want_x, want_weight = ctx.needs_input_grad
+        grad_x = _onednn(grad, weight.t()) if want_x else None
+        grad_weight = None
+        if want_weight:
+            grad_weight = weight_grad(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))
+        return grad_x, grad_weight
+
+
+def _count_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    rows = 1
+    for size in x_shape[:-1]:
+        rows *= size
+    return 2 * rows * x_shape[-1] * w_shape[0]
+
+
+try:  # so that torch.utils.flop_counter.FlopCounterMode counts these products as it counts torch.mm
+    # (the formula is the default overload's, the only one used here)
+    torch.utils.flop_counter.register_flop_formula(torch.ops.mkldnn._linear_pointwise)(_count_linear_flops)
+except (AttributeError, RuntimeError, ValueError):  # no such kernel (never used then), or already registered
+    pass
+
+
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight.T``: ``x`` ``(..., k)``, ``weight`` ``(n, k)`` -> ``(..., n)``, differentiable in both.
+
+    Float32 CPU products of at least :data:`ONEDNN_MIN_MACS` multiply-adds use the library
+    :func:`cpu_matmul` names; everything else is ``torch.matmul``. Either way the values are a float32 matrix product (the two libraries differ
+    in rounding, a relative 1e-6).
+    """
+    if (x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
+            and uses_onednn(x, weight)):
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return _OneDNNLinear.apply(x, weight)
+        return _onednn(x, weight)
+    return torch.matmul(x, weight.t())
