@@ -109,7 +109,8 @@ def cpu_matmul() -> str:
 
 def uses_onednn(*tensors: Tensor) -> bool:
     """Whether a product of these tensors takes the oneDNN path (float32 CPU, no autocast, no compile)."""
-    if (cpu_matmul() != "onednn" or torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu")
+    # compiling first: inductor picks its own kernels, and the first call's probe must not be traced
+    if (torch.compiler.is_compiling() or cpu_matmul() != "onednn" or torch.is_autocast_enabled("cpu")
             or not torch.backends.mkldnn.enabled):
         return False
     return all(type(t) in (Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
@@ -170,8 +171,8 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     """``x @ weight.T``: ``x`` ``(..., k)``, ``weight`` ``(n, k)`` -> ``(..., n)``, differentiable in both.
 
     Float32 CPU products of at least :data:`ONEDNN_MIN_MACS` multiply-adds use the library
-    :func:`cpu_matmul` names; everything else is ``torch.matmul``. Either way the values are a float32 matrix product (the two libraries differ
-    in rounding, a relative 1e-6).
+    :func:`cpu_matmul` names; everything else is ``torch.matmul``. Either way the values are a
+    float32 matrix product (the two libraries differ in rounding, a relative 1e-6).
     """
     if (x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
             and uses_onednn(x, weight)):
