@@ -107,8 +107,37 @@ def test_onednn_runs_for_float32_on_the_cpu_and_blas_elsewhere(backend, monkeypa
         out = lin.linear(x, w)
     assert out.dtype == torch.bfloat16
     assert "mkldnn._linear_pointwise" not in ops_of(lambda: lin.linear(x.double(), w.double()))
+
+
+@needs_onednn
+def test_while_compiling_the_products_are_operators_of_their_own(backend, monkeypatch):
+    """Inside torch.compile the product and its backward are the ``modulm::`` custom operators
+    (inductor calls them as external kernels); with torch's BLAS chosen, plain ``mm``."""
+    x, w = torch.randn(8, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert "mkldnn._linear_pointwise" not in ops_of(lambda: lin.linear(x, w))
+    for name, expected in (("onednn", ["modulm.onednn_linear", "modulm.onednn_input_grad",
+                                        "modulm.onednn_weight_grad"]), ("blas", ["aten.mm"] * 3)):
+        backend(name)
+        with Ops() as ops:
+            lin.linear(x, w).sum().backward()
+        assert [op for op in ops.names if op.startswith("modulm.") or op == "aten.mm"] == expected, name
+
+
+@needs_onednn
+@pytest.mark.slow
+def test_compiled_products_equal_eager_ones(backend):
+    backend("onednn")
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(2, 40, 24, generator=g), torch.randn(56, 24, generator=g)
+    grad = torch.randn(2, 40, 56, generator=g)
+    results = []
+    for fn in (lin.linear, torch.compile(lin.linear, fullgraph=True)):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = fn(xi, wi)
+        out.backward(grad)
+        results.append((out.detach(), xi.grad, wi.grad))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)  # the same kernels, in or out of the graph
 
 
 @needs_onednn

@@ -14,8 +14,9 @@ same bits. oneDNN's products differ from MKL's only in float32 rounding (a relat
 are deterministic, also across thread counts.
 
 Only float32 CPU tensors take the oneDNN path, outside autocast (whose bf16 products already run
-in oneDNN) and outside ``torch.compile`` (inductor chooses its own kernels); everything else is
-``torch.matmul``.
+in oneDNN); everything else is ``torch.matmul``. Under ``torch.compile`` the products are the
+custom operators ``modulm::onednn_linear``, ``modulm::onednn_input_grad`` and
+``modulm::onednn_weight_grad``, which inductor calls as external kernels.
 """
 
 from __future__ import annotations
@@ -108,8 +109,8 @@ def cpu_matmul() -> str:
 
 
 def uses_onednn(*tensors: Tensor) -> bool:
-    """Whether a product of these tensors takes the oneDNN path (float32 CPU, no autocast, no compile)."""
-    # compiling first: inductor picks its own kernels, and the first call's probe must not be traced
+    """Whether a product of these tensors takes the eager oneDNN path (float32 CPU, no autocast, not
+    compiling: see :func:`linear` for the compiled one)."""
     if (torch.compiler.is_compiling() or cpu_matmul() != "onednn" or torch.is_autocast_enabled("cpu")
             or not torch.backends.mkldnn.enabled):
         return False
@@ -153,6 +154,62 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight
 
 
+# The same products as operators of their own, for torch.compile: inductor calls them as external
+# kernels (it would otherwise lower the product to torch's BLAS), and AOTAutograd traces the
+# backward through their registered formula.
+@torch.library.custom_op("modulm::onednn_linear", mutates_args=())
+def _compiled_linear(x: Tensor, weight: Tensor) -> Tensor:
+    return _onednn(x, weight)
+
+
+@_compiled_linear.register_fake
+def _(x: Tensor, weight: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("modulm::onednn_input_grad", mutates_args=())
+def _compiled_input_grad(grad: Tensor, weight: Tensor) -> Tensor:
+    return _onednn(grad, weight.t())
+
+
+@_compiled_input_grad.register_fake
+def _(grad: Tensor, weight: Tensor) -> Tensor:
+    return grad.new_empty((*grad.shape[:-1], weight.shape[1]))
+
+
+@torch.library.custom_op("modulm::onednn_weight_grad", mutates_args=())
+def _compiled_weight_grad(grad: Tensor, x: Tensor) -> Tensor:
+    return weight_grad(grad, x)
+
+
+@_compiled_weight_grad.register_fake
+def _(grad: Tensor, x: Tensor) -> Tensor:
+    return grad.new_empty((grad.shape[1], x.shape[1]))
+
+
+def _keep_inputs(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _compiled_backward(ctx, grad: Tensor):
+    x, weight = ctx.saved_tensors
+    grad_x = _compiled_input_grad(grad, weight) if ctx.needs_input_grad[0] else None
+    grad_weight = None
+    if ctx.needs_input_grad[1]:
+        grad_weight = _compiled_weight_grad(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))
+    return grad_x, grad_weight
+
+
+_compiled_linear.register_autograd(_compiled_backward, setup_context=_keep_inputs)
+
+
+def _compiled_onednn(x: Tensor, weight: Tensor) -> bool:
+    """Inside torch.compile: whether the product goes to :func:`_compiled_linear` (the checks dynamo
+    can trace: the library was chosen before compiling, float32 CPU tensors, no autocast)."""
+    return (_backend == "onednn" and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
+            and weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32)
+
+
 def _count_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     rows = 1
     for size in x_shape[:-1]:
@@ -174,9 +231,12 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     :func:`cpu_matmul` names; everything else is ``torch.matmul``. Either way the values are a
     float32 matrix product (the two libraries differ in rounding, a relative 1e-6).
     """
-    if (x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS
-            and uses_onednn(x, weight)):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-            return _OneDNNLinear.apply(x, weight)
-        return _onednn(x, weight)
+    if x.dim() >= 1 and weight.dim() == 2 and x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS:
+        if torch.compiler.is_compiling():
+            if _compiled_onednn(x, weight):
+                return _compiled_linear(x, weight)
+        elif uses_onednn(x, weight):
+            if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+                return _OneDNNLinear.apply(x, weight)
+            return _onednn(x, weight)
     return torch.matmul(x, weight.t())

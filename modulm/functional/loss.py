@@ -248,7 +248,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Ten
                          f"hidden of shape {tuple(hidden.shape)} (expected targets of shape hidden.shape[:-1])")
     if (torch.is_autocast_enabled(hidden.device.type) or torch.compiler.is_compiling()
             or hidden.dtype != weight.dtype or not hidden.is_floating_point()):
-        logits = torch.matmul(hidden, weight.t())
+        logits = linear(hidden, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             return _eager_cross_entropy(logits, targets)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
