@@ -219,12 +219,23 @@ def test_without_the_kernel_auto_is_blas_and_onednn_is_refused(monkeypatch):
         lin.resolve_cpu_matmul("mkl")
 
 
-def test_cpu_vendor_reads_proc_cpuinfo():
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    line = next((line for line in text.splitlines() if line.startswith("vendor_id")), None)
-    if line is None:
-        pytest.skip("no vendor_id in /proc/cpuinfo on this machine")
-    assert lin.cpu_vendor() == line.split(":", 1)[1].strip() != ""
+@pytest.mark.parametrize("cpuinfo, processor, expected", [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "", "AuthenticAMD"),
+    ("processor\t: 0\nvendor_id\t: GenuineIntel\n", "", "GenuineIntel"),
+    (None, "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel", "GenuineIntel"),  # no /proc (Windows)
+    ("processor\t: 0\nBogoMIPS\t: 50.00\n", "aarch64", ""),  # no vendor line (ARM)
+])
+def test_cpu_vendor_reads_proc_cpuinfo_then_the_platform(tmp_path, monkeypatch, cpuinfo, processor, expected):
+    path = tmp_path / "cpuinfo"
+    if cpuinfo is not None:
+        path.write_text(cpuinfo)
+    monkeypatch.setattr(lin, "_CPUINFO", path)
+    monkeypatch.setattr(lin.platform, "processor", lambda: processor)
+    lin.cpu_vendor.cache_clear()
+    try:
+        assert lin.cpu_vendor() == expected
+    finally:
+        lin.cpu_vendor.cache_clear()
 
 
 def test_configure_applies_system_cpu_matmul_and_says_so(monkeypatch):

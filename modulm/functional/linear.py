@@ -45,11 +45,14 @@ class CpuMatmul:
     reason: str
 
 
+_CPUINFO = Path("/proc/cpuinfo")
+
+
 @lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, …), or ``""`` when unknown."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in _CPUINFO.read_text().splitlines():
             if line.startswith("vendor_id"):
                 return line.split(":", 1)[1].strip()
     except OSError:
