@@ -189,7 +189,8 @@ class Runtime:
 
 
 def configure(system: Any, device: torch.device) -> Runtime:
-    """Apply ``system`` (threads, TF32, the CPU's matmul library) for ``device`` and resolve its dtype. Checks before it changes anything."""
+    """Apply ``system`` (threads, TF32, the CPU's matmul library) for ``device`` and resolve its
+    dtype. Checks before it changes anything."""
     precision = resolve_precision(device, getattr(system, "dtype", "float32"))
     threads = resolve_threads(getattr(system, "threads", None))
     tf32 = bool(getattr(system, "tf32", True))

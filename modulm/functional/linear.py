@@ -3,9 +3,10 @@ the faster of the two GEMM libraries that torch ships.
 
 On a CPU torch computes float32 products with its BLAS (MKL in the x86 wheels). MKL runs its AVX2
 kernels on AMD processors even where they have AVX-512, while oneDNN, also inside torch, picks its
-kernels from the CPU's features. On a 2-core AMD EPYC (Zen 5) VM, MKL reached 100–113 GFLOP/s per
-core on a training step's shapes and oneDNN 238–256; with oneDNN held to AVX2 it was still
-114–129 (``benchmarks/bench_gemm.py``). On Intel processors MKL is Intel's own tuned library.
+kernels from the CPU's features. On a 2-core AMD EPYC (Zen 5) VM, one thread, MKL reached
+100–113 GFLOP/s on a training step's shapes and oneDNN 238–256; with oneDNN held to AVX2 it was
+still 114–129 (``benchmarks/bench_gemm.py`` compares the two on any machine). On Intel processors
+MKL is Intel's own tuned library.
 
 So :func:`resolve_cpu_matmul` (``system.cpu_matmul`` in a recipe) picks, for ``"auto"``, oneDNN
 on x86 CPUs whose vendor is not Intel, and torch's BLAS elsewhere. The choice follows from the
@@ -148,13 +149,22 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        want_x, want_weight = ctx.needs_input_grad
-        grad_x = _onednn(grad, weight.t()) if want_x else None
-        grad_weight = None
-        if want_weight:
-            grad_weight = weight_grad(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))
-        return grad_x, grad_weight
+        return _gradients(ctx, grad, _input_grad, weight_grad)
+
+
+def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
+    return _onednn(grad, weight.t())
+
+
+def _gradients(ctx, grad: Tensor, input_grad, weight_grad_of) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of ``x @ weight.T`` for the saved ``x, weight``: ``input_grad(grad, weight)``
+    (``grad @ weight``) and ``weight_grad_of`` (:func:`weight_grad`'s contract), as needed."""
+    x, weight = ctx.saved_tensors
+    grad_x = input_grad(grad, weight) if ctx.needs_input_grad[0] else None
+    grad_weight = None
+    if ctx.needs_input_grad[1]:
+        grad_weight = weight_grad_of(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))
+    return grad_x, grad_weight
 
 
 # The same products as operators of their own, for torch.compile: inductor calls them as external
@@ -172,7 +182,7 @@ def _(x: Tensor, weight: Tensor) -> Tensor:
 
 @torch.library.custom_op("modulm::onednn_input_grad", mutates_args=())
 def _compiled_input_grad(grad: Tensor, weight: Tensor) -> Tensor:
-    return _onednn(grad, weight.t())
+    return _input_grad(grad, weight)
 
 
 @_compiled_input_grad.register_fake
@@ -195,12 +205,7 @@ def _keep_inputs(ctx, inputs, output) -> None:
 
 
 def _compiled_backward(ctx, grad: Tensor):
-    x, weight = ctx.saved_tensors
-    grad_x = _compiled_input_grad(grad, weight) if ctx.needs_input_grad[0] else None
-    grad_weight = None
-    if ctx.needs_input_grad[1]:
-        grad_weight = _compiled_weight_grad(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))
-    return grad_x, grad_weight
+    return _gradients(ctx, grad, _compiled_input_grad, _compiled_weight_grad)
 
 
 _compiled_linear.register_autograd(_compiled_backward, setup_context=_keep_inputs)
