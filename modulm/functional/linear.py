@@ -170,34 +170,18 @@ def _gradients(ctx, grad: Tensor, input_grad, weight_grad_of) -> tuple[Tensor | 
 # The same products as operators of their own, for torch.compile: inductor calls them as external
 # kernels (it would otherwise lower the product to torch's BLAS), and AOTAutograd traces the
 # backward through their registered formula.
-@torch.library.custom_op("modulm::onednn_linear", mutates_args=())
-def _compiled_linear(x: Tensor, weight: Tensor) -> Tensor:
-    return _onednn(x, weight)
+def _operator(name: str, impl, out_shape):
+    """``impl`` (two tensors to one) as the custom operator ``modulm::name``, whose output for
+    tracing is an empty tensor of ``out_shape(a, b)``."""
+    op = torch.library.custom_op(f"modulm::{name}", impl, mutates_args=())
+    op.register_fake(lambda a, b: a.new_empty(out_shape(a, b)))
+    return op
 
 
-@_compiled_linear.register_fake
-def _(x: Tensor, weight: Tensor) -> Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-@torch.library.custom_op("modulm::onednn_input_grad", mutates_args=())
-def _compiled_input_grad(grad: Tensor, weight: Tensor) -> Tensor:
-    return _input_grad(grad, weight)
-
-
-@_compiled_input_grad.register_fake
-def _(grad: Tensor, weight: Tensor) -> Tensor:
-    return grad.new_empty((*grad.shape[:-1], weight.shape[1]))
-
-
-@torch.library.custom_op("modulm::onednn_weight_grad", mutates_args=())
-def _compiled_weight_grad(grad: Tensor, x: Tensor) -> Tensor:
-    return weight_grad(grad, x)
-
-
-@_compiled_weight_grad.register_fake
-def _(grad: Tensor, x: Tensor) -> Tensor:
-    return grad.new_empty((grad.shape[1], x.shape[1]))
+_compiled_linear = _operator("onednn_linear", _onednn, lambda x, weight: (*x.shape[:-1], weight.shape[0]))
+_compiled_input_grad = _operator("onednn_input_grad", _input_grad,
+                                 lambda grad, weight: (*grad.shape[:-1], weight.shape[1]))
+_compiled_weight_grad = _operator("onednn_weight_grad", weight_grad, lambda grad, x: (grad.shape[1], x.shape[1]))
 
 
 def _keep_inputs(ctx, inputs, output) -> None:
