@@ -5,8 +5,8 @@ projection, attention output, SwiGLU's w1/w3 and w2, the LM head) it times the t
 forward and backward, ``x @ W.T``, ``grad @ W`` and ``grad.T @ x``, both ways, interleaved, as
 :mod:`modulm.functional.linear` forms them; and a 1024³ product. Each figure is the median of
 ``--repeats`` timings after a warm-up. The ratio oneDNN / BLAS (higher: oneDNN faster) is what
-``system.cpu_matmul = "auto"`` bets on from the CPU's vendor; this script shows whether the bet
-holds on the machine at hand.
+``system.cpu_matmul = "auto"`` judges from a shorter timing of its own
+(:func:`modulm.functional.cpu_matmul.measure`); this script shows it product by product.
 
     flock /tmp/modulm-bench.lock python benchmarks/bench_gemm.py [--configs tiny,small] [--threads 1,2]
         [--repeats 15]
@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from modulm.functional.linear import cpu_vendor, onednn_available, resolve_cpu_matmul, weight_grad
+from modulm.functional.cpu_matmul import cpu_vendor, onednn_available, resolve_cpu_matmul
+from modulm.functional.linear import weight_grad
 
 from bench_train_step import CONFIGS, Config
 

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modulm.functional.linear import onednn_available
+from modulm.functional.cpu_matmul import onednn_available
 from modulm.kinds import takes_targets
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import model_accounting

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from modulm.builders import ComponentBuilder, bind, resolved
 from modulm.errors import RecipeError
+from modulm.fileio import cache_dir
 from modulm.recipe import Recipe, bind_component, load_recipe, recipe_from_dict, validate
 from modulm.registry import Registry
 from modulm.validate import settings_table
@@ -83,13 +84,6 @@ class Assembly:
         if name in settings:
             return settings[name]
         raise AttributeError(name)
-
-
-def cache_dir() -> Path:
-    """Where data sources cache derived files: ``$MODULM_CACHE_DIR`` or ``~/.cache/modulm``."""
-    import os
-
-    return Path(os.environ.get("MODULM_CACHE_DIR") or Path.home() / ".cache" / "modulm")
 
 
 def assemble(recipe: Any, registry: Registry | None = None, *, overrides: tuple[str, ...] | list[str] = (),

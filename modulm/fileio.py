@@ -22,6 +22,12 @@ TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
 
 
+def cache_dir() -> Path:
+    """Where modulm caches derived files (data, the CPU's matmul timing): ``$MODULM_CACHE_DIR`` or
+    ``~/.cache/modulm``."""
+    return Path(os.environ.get("MODULM_CACHE_DIR") or Path.home() / ".cache" / "modulm")
+
+
 def umask() -> int:
     """The process's current umask (reading it means setting it; it is set straight back)."""
     mask = os.umask(0)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from modulm.errors import ModulmError
-from modulm.functional.linear import resolve_cpu_matmul, set_cpu_matmul
+from modulm.functional.cpu_matmul import check_cpu_matmul, forget_cpu_matmul, set_cpu_matmul
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The ATen CPU capabilities of x86 builds whose bf16 kernels are emulated (no AVX-512).
@@ -182,25 +182,38 @@ class Runtime:
     precision: Precision
     threads: int
     lines: list[str] = field(default_factory=list)
+    cpu_matmul: str = "auto"  # system.cpu_matmul as requested
 
     @property
     def dtype(self) -> str:
         return self.precision.dtype
 
+    def choose_cpu_matmul(self) -> None:
+        """On a CPU: settle ``system.cpu_matmul`` (for ``"auto"`` a timing, once per machine and
+        thread count) and add its start line. The trainer calls it once the run's checks passed."""
+        if self.device.type == "cpu":
+            choice = set_cpu_matmul(self.cpu_matmul)
+            self.lines.append(f"CPU float32 matmuls: {choice.reason} (system.cpu_matmul)")
+
 
 def configure(system: Any, device: torch.device) -> Runtime:
-    """Apply ``system`` (threads, TF32, the CPU's matmul library) for ``device`` and resolve its
-    dtype. Checks before it changes anything."""
+    """Apply ``system`` (threads, TF32, the CPU's matmul library unless ``"auto"``: see
+    :meth:`Runtime.choose_cpu_matmul`) for ``device`` and resolve its dtype. Checks before it
+    changes anything."""
     precision = resolve_precision(device, getattr(system, "dtype", "float32"))
     threads = resolve_threads(getattr(system, "threads", None))
     tf32 = bool(getattr(system, "tf32", True))
+    requested_matmul = getattr(system, "cpu_matmul", "auto")
     try:
-        matmul = resolve_cpu_matmul(getattr(system, "cpu_matmul", "auto"))
+        check_cpu_matmul(requested_matmul)
     except ValueError as exc:
         raise ModulmError(f"system.{exc}") from None
-    set_cpu_matmul(matmul.backend)
     if threads is not None:
         torch.set_num_threads(threads)
+    if requested_matmul == "auto":  # timed later (Runtime.choose_cpu_matmul) or at the first product
+        forget_cpu_matmul()
+    else:
+        set_cpu_matmul(requested_matmul)
     if device.type == "cuda":
         set_tf32(tf32)
     count = torch.get_num_threads()
@@ -209,11 +222,9 @@ def configure(system: Any, device: torch.device) -> Runtime:
     lines = [f"Precision: {precision.reason}"]
     if device.type == "cpu" or threads is not None:
         lines.append(f"CPU threads: {count} ({how}; on a busy machine fewer can be faster: system.threads)")
-    if device.type == "cpu":
-        lines.append(f"CPU float32 matmuls: {matmul.reason} (system.cpu_matmul)")
     if device.type == "cuda":
         lines.append(f"TF32 matmuls for float32: {'on' if tf32 else 'off'} (system.tf32)")
-    return Runtime(device, precision, count, lines)
+    return Runtime(device, precision, count, lines, requested_matmul)
 
 
 def seed_everything(seed: int) -> None:

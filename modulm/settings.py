@@ -108,7 +108,7 @@ def _onednn_needs_its_kernel(p: Mapping[str, Any]) -> list:
     """cpu_matmul = "onednn" needs a torch build with oneDNN's float32 linear kernel."""
     if p.get("cpu_matmul") != "onednn":
         return []
-    from modulm.functional.linear import onednn_available  # imports torch: only for this setting
+    from modulm.functional.cpu_matmul import onednn_available  # imports torch: only for this setting
 
     if not onednn_available():
         return [problem("'onednn' requested, but this torch build has no usable oneDNN linear kernel; "
@@ -127,7 +127,7 @@ class SystemSettings:
     seed: seeds parameters, sampling and data order (a non-negative integer)
     threads: CPU threads for torch (torch.set_num_threads); unset keeps torch's default, "auto" means the physical cores
     tf32: on CUDA, float32 matmuls and convolutions use TF32 tensor cores (ignored elsewhere)
-    cpu_matmul: the library for float32 matrix products on a CPU: "auto" (oneDNN on x86 CPUs not made by Intel, where MKL runs its AVX2 kernels; torch's BLAS elsewhere), "onednn" or "blas"
+    cpu_matmul: the library for float32 matrix products on a CPU: "auto" (the vendor's default, oneDNN on x86 CPUs not made by Intel and torch's BLAS elsewhere, unless a timing once per machine finds the other at least 1.05x as fast), "onednn" or "blas"
     """
 
     device: str = "auto"

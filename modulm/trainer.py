@@ -119,6 +119,7 @@ class Trainer:
                 return resume_path, True
         if hasattr(self.data, "validate"):  # the last check: a source may cache its scans once it passes
             self.data.validate(self.context_length)
+        self.runtime.choose_cpu_matmul()  # after the checks: "auto" may time both libraries (once per machine)
         self.dist.on_main(lambda: self._prepare_run_dir(plan))
         if self.dist.is_main:
             self.loggers = [build(run_dir=self.run_dir) for build in self.a.logger_builders]

@@ -1,9 +1,6 @@
 """modulm.functional.linear: x @ weight.T through oneDNN on a CPU equals the float32 product (value
-and gradients, any shape and layout), is taken only where it applies, and the library is chosen
-from the CPU, the recipe or the caller, never from a timing."""
-
-from pathlib import Path
-from types import SimpleNamespace
+and gradients, any shape and layout) and is taken only where it applies. (Which library a process
+uses: tests/test_cpu_matmul.py.)"""
 
 import pytest
 import torch
@@ -12,18 +9,17 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+import modulm.functional.cpu_matmul as choice
 import modulm.functional.linear as lin
-from modulm import runtime
-from modulm.errors import ModulmError
 
-needs_onednn = pytest.mark.skipif(not lin.onednn_available(), reason="this torch build has no oneDNN linear kernel")
+needs_onednn = pytest.mark.skipif(not choice.onednn_available(), reason="this torch build has no oneDNN linear kernel")
 
 
 @pytest.fixture
 def backend(monkeypatch):
     """``backend(name, min_macs=0)``: this test's CPU matmul library (restored afterwards)."""
     def use(name: str, min_macs: int = 0) -> None:
-        monkeypatch.setattr(lin, "_backend", name)
+        monkeypatch.setattr(choice, "_backend", name)
         monkeypatch.setattr(lin, "ONEDNN_MIN_MACS", min_macs)
     return use
 
@@ -57,7 +53,7 @@ def close(got, want, scale):
        st.integers(1, 40), st.booleans())
 def test_onednn_output_and_gradients_equal_the_product(seed, lead, k, n, strided):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lin, "_backend", "onednn")
+        patch.setattr(choice, "_backend", "onednn")
         patch.setattr(lin, "ONEDNN_MIN_MACS", 0)
         check_against_float64(seed, lead, k, n, strided)
 
@@ -194,65 +190,3 @@ def test_flop_counter_counts_the_onednn_products(backend):
     with FlopCounterMode(display=False) as counter:
         lin.linear(x, w).sum().backward()
     assert counter.get_total_flops() == 3 * 2 * 60 * 16 * 8
-
-
-@pytest.mark.parametrize("machine, vendor, expected", [
-    ("x86_64", "AuthenticAMD", "onednn"), ("x86_64", "HygonGenuine", "onednn"), ("x86_64", "GenuineIntel", "blas"),
-    ("aarch64", "", "blas"), ("x86_64", "", "blas"),
-])
-def test_auto_follows_the_cpu_vendor(monkeypatch, machine, vendor, expected):
-    monkeypatch.setattr(lin, "onednn_available", lambda: True)
-    monkeypatch.setattr(lin.platform, "machine", lambda: machine)
-    monkeypatch.setattr(lin, "cpu_vendor", lambda: vendor)
-    choice = lin.resolve_cpu_matmul("auto")
-    assert choice.backend == expected and choice.reason.startswith("auto: ")
-    assert lin.resolve_cpu_matmul("blas").backend == "blas" and lin.resolve_cpu_matmul("onednn").backend == "onednn"
-
-
-def test_without_the_kernel_auto_is_blas_and_onednn_is_refused(monkeypatch):
-    monkeypatch.setattr(lin, "onednn_available", lambda: False)
-    monkeypatch.setattr(lin, "cpu_vendor", lambda: "AuthenticAMD")
-    assert lin.resolve_cpu_matmul("auto").backend == "blas"
-    with pytest.raises(ValueError, match="no usable oneDNN"):
-        lin.resolve_cpu_matmul("onednn")
-    with pytest.raises(ValueError, match="must be one of"):
-        lin.resolve_cpu_matmul("mkl")
-
-
-@pytest.mark.parametrize("cpuinfo, processor, expected", [
-    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n", "", "AuthenticAMD"),
-    ("processor\t: 0\nvendor_id\t: GenuineIntel\n", "", "GenuineIntel"),
-    (None, "Intel64 Family 6 Model 85 Stepping 7, GenuineIntel", "GenuineIntel"),  # no /proc (Windows)
-    ("processor\t: 0\nBogoMIPS\t: 50.00\n", "aarch64", ""),  # no vendor line (ARM)
-])
-def test_cpu_vendor_reads_proc_cpuinfo_then_the_platform(tmp_path, monkeypatch, cpuinfo, processor, expected):
-    path = tmp_path / "cpuinfo"
-    if cpuinfo is not None:
-        path.write_text(cpuinfo)
-    monkeypatch.setattr(lin, "_CPUINFO", path)
-    monkeypatch.setattr(lin.platform, "processor", lambda: processor)
-    lin.cpu_vendor.cache_clear()
-    try:
-        assert lin.cpu_vendor() == expected
-    finally:
-        lin.cpu_vendor.cache_clear()
-
-
-def test_configure_applies_system_cpu_matmul_and_says_so(monkeypatch):
-    monkeypatch.setattr(lin, "_backend", lin._backend)  # restored afterwards
-    settings = SimpleNamespace(dtype="float32", threads=None, tf32=True, cpu_matmul="blas")
-    lines = runtime.configure(settings, torch.device("cpu")).lines
-    assert lin.cpu_matmul() == "blas"
-    assert "CPU float32 matmuls: torch's BLAS, as set (system.cpu_matmul)" in lines
-    with pytest.raises(ModulmError, match="system.cpu_matmul must be one of"):
-        runtime.configure(SimpleNamespace(**{**vars(settings), "cpu_matmul": "fast"}), torch.device("cpu"))
-
-
-def test_a_bad_cpu_matmul_value_is_a_recipe_error(capsys):
-    from modulm.cli import main
-
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "base.toml"
-    assert main(["validate", str(recipe), "system.cpu_matmul=mkl"]) == 2
-    err = capsys.readouterr().err
-    assert "system.cpu_matmul" in err and "'mkl'" in err
-    assert main(["validate", str(recipe), "system.cpu_matmul=blas"]) == 0

@@ -5,7 +5,7 @@ Submodules: :mod:`.attention` (softmax, scaled dot-product attention, SiLU, caus
 clipping by global norm); their functions are re-exported here and from :mod:`modulm`.
 :mod:`.workspace` holds the reused CPU scratch buffers of their hand-written kernels, and
 :mod:`.linear` the matrix product ``x @ W.T`` of every linear layer, whose float32 CPU form runs in
-the faster of torch's two GEMM libraries (``system.cpu_matmul``).
+the faster of torch's two GEMM libraries, as :mod:`.cpu_matmul` chooses (``system.cpu_matmul``).
 """
 
 from modulm.functional.attention import causal_mask, scaled_dot_product_attention, silu, softmax

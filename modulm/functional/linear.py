@@ -1,128 +1,39 @@
-"""``x @ weight.T`` (a linear layer without bias), with the CPU's float32 matrix products routed to
-the faster of the two GEMM libraries that torch ships.
-
-On a CPU torch computes float32 products with its BLAS (MKL in the x86 wheels). MKL runs its AVX2
-kernels on AMD processors even where they have AVX-512, while oneDNN, also inside torch, picks its
-kernels from the CPU's features. On a 2-core AMD EPYC (Zen 5) VM, one thread, MKL reached
-100–113 GFLOP/s on a training step's shapes and oneDNN 238–256; with oneDNN held to AVX2 it was
-still 114–129 (``benchmarks/bench_gemm.py`` compares the two on any machine). On Intel processors
-MKL is Intel's own tuned library.
-
-So :func:`resolve_cpu_matmul` (``system.cpu_matmul`` in a recipe) picks, for ``"auto"``, oneDNN
-on x86 CPUs whose vendor is not Intel, and torch's BLAS elsewhere. The choice follows from the
-CPU alone, never from a timing, so two runs (and a run and its resume) on one machine compute the
-same bits. oneDNN's products differ from MKL's only in float32 rounding (a relative 1e-6), and
-are deterministic, also across thread counts.
+"""``x @ weight.T`` (a linear layer without bias), with the CPU's float32 matrix products computed
+by the library :mod:`modulm.functional.cpu_matmul` chose: torch's BLAS or oneDNN.
 
 Only float32 CPU tensors take the oneDNN path, outside autocast (whose bf16 products already run
 in oneDNN); everything else is ``torch.matmul``. Under ``torch.compile`` the products are the
 custom operators ``modulm::onednn_linear``, ``modulm::onednn_input_grad`` and
-``modulm::onednn_weight_grad``, which inductor calls as external kernels.
+``modulm::onednn_weight_grad``, which inductor calls as external kernels. The two libraries
+differ only in float32 rounding (a relative 1e-6 per product).
 """
 
 from __future__ import annotations
-
-import platform
-from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.utils.flop_counter
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-CPU_MATMULS = ("auto", "onednn", "blas")
+from modulm.functional.cpu_matmul import chosen, cpu_matmul
+
 #: Products of fewer multiply-adds than this stay with torch's BLAS: a oneDNN call costs about 10 µs
 #: more (1×128×128: 2.5 against 12 µs; 64×128×128: 14 against 17; 256×128×128: 43 against 28).
 ONEDNN_MIN_MACS = 1 << 21
 
 
-@dataclass(frozen=True)
-class CpuMatmul:
-    """The library the CPU's float32 products use (``"onednn"`` or ``"blas"``) and why."""
-
-    backend: str
-    reason: str
-
-
-_CPUINFO = Path("/proc/cpuinfo")
-
-
-@lru_cache(maxsize=1)
-def cpu_vendor() -> str:
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, …), or ``""`` when unknown."""
-    try:
-        for line in _CPUINFO.read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    for vendor in ("GenuineIntel", "AuthenticAMD", "HygonGenuine"):
-        if vendor in platform.processor():
-            return vendor
-    return ""
-
-
-@lru_cache(maxsize=1)
-def onednn_available() -> bool:
-    """Whether this torch has oneDNN's float32 linear kernel (and has not been told to avoid oneDNN)."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise.default
-        probe = op(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
-    except (AttributeError, RuntimeError):
-        return False
-    return bool(torch.backends.mkldnn.is_available()) and bool(torch.equal(probe, torch.full((2, 4), 3.0)))
-
-
-def resolve_cpu_matmul(requested: str = "auto") -> CpuMatmul:
-    """Turn ``system.cpu_matmul`` (``auto``, ``onednn`` or ``blas``) into the library used here."""
-    if requested not in CPU_MATMULS:
-        raise ValueError(f"cpu_matmul must be one of {CPU_MATMULS}, got {requested!r}")
-    if requested == "blas":
-        return CpuMatmul("blas", "torch's BLAS, as set")
-    if not onednn_available():
-        if requested == "onednn":
-            raise ValueError("cpu_matmul = 'onednn': this torch build has no usable oneDNN linear kernel")
-        return CpuMatmul("blas", "auto: torch's BLAS (this torch has no usable oneDNN linear kernel)")
-    if requested == "onednn":
-        return CpuMatmul("onednn", "oneDNN, as set")
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    vendor = cpu_vendor()
-    if x86 and vendor and vendor != "GenuineIntel":
-        return CpuMatmul("onednn", f"auto: oneDNN ({vendor} CPU: MKL would run its AVX2 kernels here)")
-    return CpuMatmul("blas", f"auto: torch's BLAS ({vendor or platform.machine() or 'unknown'} CPU)")
-
-
-_backend: str | None = None  # None: resolve "auto" on first use
-
-
-def set_cpu_matmul(requested: str) -> CpuMatmul:
-    """Use ``requested`` (see :func:`resolve_cpu_matmul`) for this process's float32 CPU products."""
-    global _backend
-    choice = resolve_cpu_matmul(requested)
-    _backend = choice.backend
-    return choice
-
-
-def cpu_matmul() -> str:
-    """The library this process's float32 CPU products use now: ``"onednn"`` or ``"blas"``."""
-    if _backend is None:
-        set_cpu_matmul("auto")
-    return _backend  # type: ignore[return-value]
-
-
 def uses_onednn(*tensors: Tensor) -> bool:
     """Whether a product of these tensors takes the eager oneDNN path (float32 CPU, no autocast, not
     compiling: see :func:`linear` for the compiled one)."""
-    if (torch.compiler.is_compiling() or cpu_matmul() != "onednn" or torch.is_autocast_enabled("cpu")
-            or not torch.backends.mkldnn.enabled):
+    if (torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled
+            or not all(type(t) in (Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
+                       and t.layout == torch.strided for t in tensors)):
         return False
-    return all(type(t) in (Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
-               and t.layout == torch.strided for t in tensors)
+    return cpu_matmul() == "onednn"  # resolved (and for "auto" timed) at the first such product
 
 
-def _onednn(x: Tensor, weight: Tensor) -> Tensor:
+def onednn_product(x: Tensor, weight: Tensor) -> Tensor:
+    """``x @ weight.T`` in oneDNN (float32 CPU tensors, any strides)."""
     return torch.ops.mkldnn._linear_pointwise.default(x, weight, None, "none", [], "")
 
 
@@ -134,8 +45,8 @@ def weight_grad(grad: Tensor, x: Tensor) -> Tensor:
     if grad.numel() * x.shape[1] < ONEDNN_MIN_MACS:
         return torch.mm(grad.t(), x)
     if grad.shape[1] <= x.shape[1]:
-        return _onednn(grad.t(), x.t())
-    return _onednn(x.t(), grad.t()).t().contiguous()
+        return onednn_product(grad.t(), x.t())
+    return onednn_product(x.t(), grad.t()).t().contiguous()
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -144,7 +55,7 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, weight)
-        return _onednn(x, weight)
+        return onednn_product(x, weight)
 
     @staticmethod
     @once_differentiable
@@ -153,7 +64,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 def _input_grad(grad: Tensor, weight: Tensor) -> Tensor:
-    return _onednn(grad, weight.t())
+    return onednn_product(grad, weight.t())
 
 
 def _gradients(ctx, grad: Tensor, input_grad, weight_grad_of) -> tuple[Tensor | None, Tensor | None]:
@@ -178,7 +89,7 @@ def _operator(name: str, impl, out_shape):
     return op
 
 
-_compiled_linear = _operator("onednn_linear", _onednn, lambda x, weight: (*x.shape[:-1], weight.shape[0]))
+_compiled_linear = _operator("onednn_linear", onednn_product, lambda x, weight: (*x.shape[:-1], weight.shape[0]))
 _compiled_input_grad = _operator("onednn_input_grad", _input_grad,
                                  lambda grad, weight: (*grad.shape[:-1], weight.shape[1]))
 _compiled_weight_grad = _operator("onednn_weight_grad", weight_grad, lambda grad, x: (grad.shape[1], x.shape[1]))
@@ -198,7 +109,7 @@ _compiled_linear.register_autograd(_compiled_backward, setup_context=_keep_input
 def _compiled_onednn(x: Tensor, weight: Tensor) -> bool:
     """Inside torch.compile: whether the product goes to :func:`_compiled_linear` (the checks dynamo
     can trace: the library was chosen before compiling, float32 CPU tensors, no autocast)."""
-    return (_backend == "onednn" and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
+    return (chosen() == "onednn" and not torch.is_autocast_enabled("cpu") and x.device.type == "cpu"
             and weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32)
 
 
@@ -230,5 +141,5 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
         elif uses_onednn(x, weight):
             if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
                 return _OneDNNLinear.apply(x, weight)
-            return _onednn(x, weight)
+            return onednn_product(x, weight)
     return torch.matmul(x, weight.t())
