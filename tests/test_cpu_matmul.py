@@ -114,6 +114,15 @@ def test_an_unwritable_cache_still_gives_a_choice(machine, monkeypatch, tmp_path
     assert cm.resolve_cpu_matmul("auto").backend == "onednn" and len(measured) == 2
 
 
+def test_without_a_home_directory_the_timing_is_taken_and_not_kept(machine, monkeypatch):
+    measured = machine("AuthenticAMD", 0.5)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+    monkeypatch.setattr(cm, "cache_dir", no_home)
+    assert cm.resolve_cpu_matmul("auto").backend == "blas" and len(measured) == 1
+
+
 def test_a_process_waiting_for_the_lock_uses_the_timing_the_holder_wrote(machine, tmp_path):
     fcntl = pytest.importorskip("fcntl")
     measured = machine("AuthenticAMD", 2.0)

@@ -196,7 +196,10 @@ def _cached_timing(entry) -> Timing | None:
 def remembered_timing(threads: int, directory: Path | None = None) -> tuple[Timing, str]:
     """The timing for this machine at ``threads`` from the cache, or measured now and stored there
     (where the cache can be written); and where it came from (``"measured"`` or ``"remembered"``)."""
-    path = (directory or cache_dir()) / CACHE_FILE
+    try:
+        path = (directory or cache_dir()) / CACHE_FILE
+    except (RuntimeError, KeyError):  # no home directory to be found
+        return measure(), "measured"
     key = machine_key(threads)
     if (timing := _cached_timing(_read_cache(path).get(key))) is not None:
         return timing, "remembered"
