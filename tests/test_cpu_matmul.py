@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
 
 import modulm.functional.cpu_matmul as cm
 from modulm import runtime
@@ -95,7 +96,8 @@ def test_the_key_names_the_cpu_torch_threads_and_kernel_limits(monkeypatch):
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"KEY": {"blas_s": -1, "onednn_s": 0.1}}',
-                                     '{"KEY": {"blas_s": "x"}}', '{"KEY": 3}'])
+                                     '{"KEY": {"blas_s": "x"}}', '{"KEY": 3}',
+                                     '{"KEY": {"blas_s": Infinity, "onednn_s": 0.1}}'])
 def test_a_damaged_cache_is_measured_again_and_mended(machine, tmp_path, content):
     measured = machine("AuthenticAMD", 2.0)
     path = tmp_path / "cache" / cm.CACHE_FILE
@@ -142,10 +144,24 @@ def test_a_process_waiting_for_the_lock_uses_the_timing_the_holder_wrote(machine
     assert result["got"] == (cm.Timing(0.05, 0.02), "remembered") and measured == []
 
 
-def test_measure_times_both_libraries():
+def test_measure_times_both_libraries_in_float32_unseen_by_dispatch_modes(monkeypatch):
     if not cm.onednn_available():
         pytest.skip("this torch build has no oneDNN linear kernel")
-    timing = cm.measure(shapes=((64, 32, 48),), rounds=2)
+    seen, mm = set(), torch.mm
+
+    def recording_mm(a, b):
+        seen.add((a.dtype, a.device.type, b.dtype, b.device.type))
+        return mm(a, b)
+    monkeypatch.setattr(torch, "mm", recording_mm)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the timing is of float32 products whatever the default
+    try:
+        with FlopCounterMode(display=False) as counter, torch.device("meta"):
+            timing = cm.measure(shapes=((64, 32, 2048),), rounds=2)
+    finally:
+        torch.set_default_dtype(previous)
+    assert counter.get_total_flops() == 0
+    assert seen == {(torch.float32, "cpu", torch.float32, "cpu")}
     assert 0 < timing.blas < 1 and 0 < timing.onednn < 1 and timing.onednn_speedup > 0
 
 

@@ -24,10 +24,11 @@ are deterministic, also across thread counts.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -117,6 +118,14 @@ def vendor_default() -> str:
     return "onednn" if _is_x86() and vendor and vendor != "GenuineIntel" else "blas"
 
 
+def _without_dispatch_modes():
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes
+    except ImportError:  # a torch without it: modes stay active
+        return nullcontext()
+    return _disable_current_modes()
+
+
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -127,14 +136,21 @@ def measure(shapes=PROBE_SHAPES, rounds: int = 3) -> Timing:
     """Time every product of ``shapes`` (forward, ``grad @ W``, ``grad.T @ x``) in both libraries at
     the current thread count, the two interleaved product by product, after a warm-up. Each
     library's figure is the sum over the products of each one's fastest of ``rounds`` timings, so
-    that a round slowed by other work on the machine does not count."""
+    that a round slowed by other work on the machine does not count. Float32 CPU tensors whatever
+    the defaults, without autograd, and unseen by an active dispatch mode (a ``FlopCounterMode``
+    around a model's first product does not count the timing's products)."""
+    with torch.no_grad(), _without_dispatch_modes():
+        return _measure(shapes, rounds)
+
+
+def _measure(shapes, rounds: int) -> Timing:
     from modulm.functional.linear import onednn_product, weight_grad  # the kernels the model calls
 
     g = torch.Generator().manual_seed(0)
     pairs = []  # (blas, onednn) computing the same product
     for rows, k, n in shapes:
-        x, w, grad = (torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g),
-                      torch.randn(rows, n, generator=g))
+        x, w, grad = (torch.randn(size, generator=g, dtype=torch.float32, device="cpu")
+                      for size in ((rows, k), (n, k), (rows, n)))
         pairs += [(lambda x=x, w=w: torch.mm(x, w.t()), lambda x=x, w=w: onednn_product(x, w)),
                   (lambda grad=grad, w=w: torch.mm(grad, w), lambda grad=grad, w=w: onednn_product(grad, w.t())),
                   (lambda grad=grad, x=x: torch.mm(grad.t(), x), lambda grad=grad, x=x: weight_grad(grad, x))]
@@ -190,7 +206,8 @@ def _cached_timing(entry) -> Timing | None:
         timing = Timing(float(entry["blas_s"]), float(entry["onednn_s"]))
     except (KeyError, TypeError, ValueError):
         return None
-    return timing if timing.blas > 0 and timing.onednn > 0 else None
+    usable = all(math.isfinite(s) and s > 0 for s in (timing.blas, timing.onednn))
+    return timing if usable else None
 
 
 def remembered_timing(threads: int, directory: Path | None = None) -> tuple[Timing, str]:
