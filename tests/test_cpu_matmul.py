@@ -144,9 +144,8 @@ def test_a_process_waiting_for_the_lock_uses_the_timing_the_holder_wrote(machine
     assert result["got"] == (cm.Timing(0.05, 0.02), "remembered") and measured == []
 
 
+@pytest.mark.skipif(not cm.onednn_available(), reason="this torch build has no oneDNN linear kernel")
 def test_measure_times_both_libraries_in_float32_unseen_by_dispatch_modes(monkeypatch):
-    if not cm.onednn_available():
-        pytest.skip("this torch build has no oneDNN linear kernel")
     seen, mm = set(), torch.mm
 
     def recording_mm(a, b):

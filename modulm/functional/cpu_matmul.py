@@ -30,7 +30,7 @@ import platform
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -63,7 +63,7 @@ class CpuMatmul:
 
 @dataclass(frozen=True)
 class Timing:
-    """Seconds one round of :data:`PROBE_SHAPES`' products took in each library (the fastest round)."""
+    """Seconds :data:`PROBE_SHAPES`' products take in each library (:func:`measure`)."""
 
     blas: float
     onednn: float
@@ -151,9 +151,9 @@ def _measure(shapes, rounds: int) -> Timing:
     for rows, k, n in shapes:
         x, w, grad = (torch.randn(size, generator=g, dtype=torch.float32, device="cpu")
                       for size in ((rows, k), (n, k), (rows, n)))
-        pairs += [(lambda x=x, w=w: torch.mm(x, w.t()), lambda x=x, w=w: onednn_product(x, w)),
-                  (lambda grad=grad, w=w: torch.mm(grad, w), lambda grad=grad, w=w: onednn_product(grad, w.t())),
-                  (lambda grad=grad, x=x: torch.mm(grad.t(), x), lambda grad=grad, x=x: weight_grad(grad, x))]
+        pairs += [(partial(torch.mm, x, w.t()), partial(onednn_product, x, w)),
+                  (partial(torch.mm, grad, w), partial(onednn_product, grad, w.t())),
+                  (partial(torch.mm, grad.t(), x), partial(weight_grad, grad, x))]
     best = [[float("inf"), float("inf")] for _ in pairs]
     for attempt in range(rounds + 1):  # the first is the warm-up
         for fastest, pair in zip(best, pairs):
