@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modulm.functional.cpu_matmul import onednn_available
+from modulm.functional.cpu_matmul import onednn_available, set_cpu_matmul
 from modulm.kinds import takes_targets
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import model_accounting
@@ -286,6 +286,8 @@ def run_config(cfg: Config, variants: list[str], steps: int, warmup: int, device
     other processes on a shared machine hits every variant alike; reports medians. ``peak``
     (FLOP/s) replaces the measured matmul ceiling in the MFU."""
     data = [(x.to(device), y.to(device)) for x, y in batches(cfg, warmup + steps)]
+    if device.type == "cpu":  # before any compiled variant traces its products, as modulm run does
+        set_cpu_matmul("auto")
     torch.manual_seed(0)
     initial = TransformerLM(cfg.vocab_size, cfg.context_length, cfg.d_model, cfg.num_layers, cfg.num_heads, cfg.d_ff)
     state = {k: v.clone() for k, v in initial.state_dict().items()}
