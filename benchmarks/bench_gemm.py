@@ -20,26 +20,15 @@ import time
 
 import torch
 
-from modulm.functional.cpu_matmul import cpu_vendor, onednn_available, resolve_cpu_matmul
-from modulm.functional.linear import weight_grad
+from modulm.functional.cpu_matmul import cpu_vendor, layer_products, onednn_available, resolve_cpu_matmul
 
 from bench_train_step import CONFIGS, Config
 
 
-def onednn(x, weight):
-    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-
-
 def products(rows: int, k: int, n: int) -> dict[str, tuple]:
     """``name -> (flops, blas, onednn)`` for one linear layer's forward and backward products."""
-    g = torch.Generator().manual_seed(rows + k + n)
-    x, weight, grad = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g), torch.randn(rows, n, generator=g)
-    flops = 2 * rows * k * n
-    return {
-        f"{rows}x{k} @ ({n}x{k}).T": (flops, lambda: torch.matmul(x, weight.t()), lambda: onednn(x, weight)),
-        f"{rows}x{n} @ {n}x{k}": (flops, lambda: torch.matmul(grad, weight), lambda: onednn(grad, weight.t())),
-        f"({rows}x{n}).T @ {rows}x{k}": (flops, lambda: torch.matmul(grad.t(), x), lambda: weight_grad(grad, x)),
-    }
+    pairs = layer_products(rows, k, n, torch.Generator().manual_seed(rows + k + n))
+    return {name: (2 * rows * k * n, blas, dnn) for name, (blas, dnn) in pairs.items()}
 
 
 def layer_shapes(cfg: Config) -> dict[str, tuple[int, int, int]]:

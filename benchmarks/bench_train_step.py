@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modulm.functional.cpu_matmul import onednn_available, set_cpu_matmul
+from modulm.functional.linear import onednn_product
 from modulm.kinds import takes_targets
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import model_accounting
@@ -195,7 +196,7 @@ class MatmulCeiling:
         self.a, self.b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
         self.products = [lambda: torch.mm(self.a, self.b)]
         if device.type == "cpu" and dtype == torch.float32 and onednn_available():
-            self.products.append(lambda: torch.ops.mkldnn._linear_pointwise(self.a, self.b, None, "none", [], ""))
+            self.products.append(lambda: onednn_product(self.a, self.b))
         for product in self.products:
             product()
         self.samples: list[float] = []

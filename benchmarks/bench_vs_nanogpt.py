@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from modulm.functional.cpu_matmul import CPU_MATMULS, onednn_available, resolve_cpu_matmul, set_cpu_matmul
+from modulm.functional.linear import onednn_product
 from modulm_optim.adamw import AdamW
 from modulm_transformer import TransformerLM
 from modulm_transformer.accounting import forward_flops_per_token
@@ -116,7 +117,7 @@ class MatmulRate:
         self.n, self.a, self.b = n, torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         self.products = {"blas" if dtype == torch.float32 else "oneDNN": lambda: torch.mm(self.a, self.b)}
         if dtype == torch.float32 and onednn_available():
-            self.products["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(self.a, self.b, None, "none", [], "")
+            self.products["oneDNN"] = lambda: onednn_product(self.a, self.b)
         self.samples: dict[str, list[float]] = {name: [] for name in self.products}
         self.sample()
 

@@ -143,17 +143,22 @@ def measure(shapes=PROBE_SHAPES, rounds: int = 3) -> Timing:
         return _measure(shapes, rounds)
 
 
-def _measure(shapes, rounds: int) -> Timing:
+def layer_products(rows: int, k: int, n: int, generator: torch.Generator | None = None) -> dict[str, tuple]:
+    """The three products of a linear layer's training step on random float32 CPU tensors, ``x @ W.T``,
+    ``grad @ W`` and ``grad.T @ x`` for ``x (rows, k)``, ``W (n, k)``: ``name -> (blas, onednn)``,
+    two calls computing the product in each library as :mod:`modulm.functional.linear` forms it."""
     from modulm.functional.linear import onednn_product, weight_grad  # the kernels the model calls
 
+    x, w, grad = (torch.randn(size, generator=generator, dtype=torch.float32, device="cpu")
+                  for size in ((rows, k), (n, k), (rows, n)))
+    return {f"{rows}x{k} @ ({n}x{k}).T": (partial(torch.mm, x, w.t()), partial(onednn_product, x, w)),
+            f"{rows}x{n} @ {n}x{k}": (partial(torch.mm, grad, w), partial(onednn_product, grad, w.t())),
+            f"({rows}x{n}).T @ {rows}x{k}": (partial(torch.mm, grad.t(), x), partial(weight_grad, grad, x))}
+
+
+def _measure(shapes, rounds: int) -> Timing:
     g = torch.Generator().manual_seed(0)
-    pairs = []  # (blas, onednn) computing the same product
-    for rows, k, n in shapes:
-        x, w, grad = (torch.randn(size, generator=g, dtype=torch.float32, device="cpu")
-                      for size in ((rows, k), (n, k), (rows, n)))
-        pairs += [(partial(torch.mm, x, w.t()), partial(onednn_product, x, w)),
-                  (partial(torch.mm, grad, w), partial(onednn_product, grad, w.t())),
-                  (partial(torch.mm, grad.t(), x), partial(weight_grad, grad, x))]
+    pairs = [pair for shape in shapes for pair in layer_products(*shape, generator=g).values()]
     best = [[float("inf"), float("inf")] for _ in pairs]
     for attempt in range(rounds + 1):  # the first is the warm-up
         for fastest, pair in zip(best, pairs):
