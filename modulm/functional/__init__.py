@@ -3,8 +3,8 @@
 Submodules: :mod:`.attention` (softmax, scaled dot-product attention, SiLU, causal masks),
 :mod:`.loss` (cross-entropy, the LM head fused with it, perplexity) and :mod:`.grad` (gradient
 clipping by global norm); their functions are re-exported here and from :mod:`modulm`.
-:mod:`.workspace` holds the reused CPU scratch buffers of their hand-written kernels, and
-:mod:`.linear` the matrix product ``x @ W.T`` of every linear layer, whose float32 CPU form runs in
+:mod:`.gated_linear` holds SwiGLU's gated input over its two products, :mod:`.workspace` the
+reused CPU scratch buffers of their hand-written kernels, and :mod:`.linear` the matrix product ``x @ W.T`` of every linear layer, whose float32 CPU form runs in
 the faster of torch's two GEMM libraries, as :mod:`.cpu_matmul` chooses (``system.cpu_matmul``).
 """
 

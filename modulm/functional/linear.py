@@ -10,6 +10,8 @@ differ only in float32 rounding (a relative 1e-6 per product).
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 import torch.utils.flop_counter
 from torch import Tensor, nn
@@ -76,6 +78,30 @@ def _gradients(ctx, grad: Tensor, input_grad, weight_grad_of) -> tuple[Tensor | 
     if ctx.needs_input_grad[1]:
         grad_weight = weight_grad_of(grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))
     return grad_x, grad_weight
+
+
+class ProductKernels(NamedTuple):
+    """The eager kernels of ``x @ weight.T`` and its two gradients in one library: ``forward(x, weight)``,
+    ``input_grad(grad, weight)`` (``grad @ weight``) and ``weight_grad(grad, x)`` (``grad.T @ x``, 2-D,
+    contiguous)."""
+
+    forward: Callable[[Tensor, Tensor], Tensor]
+    input_grad: Callable[[Tensor, Tensor], Tensor]
+    weight_grad: Callable[[Tensor, Tensor], Tensor]
+
+
+_BLAS_KERNELS = ProductKernels(lambda x, weight: torch.matmul(x, weight.t()), torch.matmul,
+                               lambda grad, x: torch.mm(grad.t(), x))
+_ONEDNN_KERNELS = ProductKernels(onednn_product, _input_grad, weight_grad)
+
+
+def product_kernels(x: Tensor, weight: Tensor) -> ProductKernels:
+    """The kernels :func:`linear` would use for ``x @ weight.T`` outside ``torch.compile``, for
+    hand-written autograd functions that form the products themselves (oneDNN's where
+    :func:`uses_onednn` and the product reaches :data:`ONEDNN_MIN_MACS`, else ``torch.matmul``)."""
+    if x.numel() * weight.shape[0] >= ONEDNN_MIN_MACS and uses_onednn(x, weight):
+        return _ONEDNN_KERNELS
+    return _BLAS_KERNELS
 
 
 # The same products as operators of their own, for torch.compile: inductor calls them as external

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from modulm.functional.attention import gated_silu, silu
-from modulm.functional.linear import linear
+from modulm.functional.attention import silu
+from modulm.functional.gated_linear import gated_linear
 from modulm_transformer.layers import Linear
 
 
@@ -20,9 +20,9 @@ class SwiGLU(nn.Module):
 
     ``SwiGLU(d_model, d_ff=None, device=None, dtype=None)``: ``(..., d_model) -> (..., d_model)``;
     ``w1``, ``w3`` are ``(d_ff, d_model)``, ``w2`` is ``(d_model, d_ff)``.
-    ``w1`` and ``w3`` keep their own parameters but run as one matmul against the stacked weights,
-    followed by one gating kernel (:func:`modulm.functional.attention.gated_silu`, whose backward
-    reuses the stacked pre-activation's memory for its gradient).
+    The gated input ``SiLU(W1 x) ⊙ W3 x`` is one autograd function over both products
+    (:func:`modulm.functional.gated_linear.gated_linear`: contiguous halves, the gating's backward
+    in place in their memory).
     """
 
     def __init__(self, d_model: int, d_ff: int | None = None, device=None, dtype=None) -> None:
@@ -33,10 +33,7 @@ class SwiGLU(nn.Module):
         self.w3 = Linear(d_model, d_ff, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        hidden = linear(x, torch.cat((self.w1.weight, self.w3.weight)))
-        # hidden is this call's own: its memory can take its gradient (not while compiling, where
-        # the graph is functional)
-        return self.w2(gated_silu(hidden, overwrite_input=not torch.compiler.is_compiling()))
+        return self.w2(gated_linear(x, self.w1.weight, self.w3.weight))
 
 
 class SiLUFFN(nn.Module):
