@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import modulm.functional.cpu_matmul as choice
 import modulm.functional.linear as lin
+from modulm.functional.attention import gated_silu
 from modulm.functional.gated_linear import _GatedLinear, gated_linear
 
 seeds = st.integers(0, 2**31 - 1)
@@ -61,7 +62,6 @@ def test_fused_and_stacked_paths_agree(seed, d, d_ff):
     upstream = randn(seed + 3, 3, d_ff)
     fused = ours(x, w1, w3, upstream)
     x2, a, b = (t.detach().clone().requires_grad_() for t in (x, w1, w3))
-    from modulm.functional.attention import gated_silu
     stacked = gated_silu(x2 @ torch.cat((a, b)).T)
     stacked.backward(upstream)
     for g, w in zip(fused, (stacked, x2.grad, a.grad, b.grad)):
