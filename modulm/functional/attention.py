@@ -69,6 +69,18 @@ def silu(x: Tensor) -> Tensor:
     return _SiLU.apply(x)
 
 
+def gate_grads_in_place(a: Tensor, b: Tensor, grad: Tensor, purpose: str) -> tuple[Tensor, Tensor]:
+    """The gradients of ``silu(a) * b`` for the incoming ``grad``, written over ``a`` and ``b``
+    (returned as ``(grad_a, grad_b)``); the sigmoid goes in the reused ``purpose`` workspace."""
+    # d silu(a)/da = s + silu(a) (1 - s) for s = sigmoid(a)
+    s = torch.sigmoid(a, out=workspace(purpose, a.shape, a.dtype, a.device))
+    a.mul_(s)  # silu(a)
+    s.lerp_(s.new_ones(()), a).mul_(b)  # b * d silu(a)/da
+    torch.mul(a, grad, out=b)
+    torch.mul(s, grad, out=a)
+    return a, b
+
+
 class _GatedSiLU(torch.autograd.Function):
     """``silu(a) * b`` for ``h = [a | b]`` split in half along the last dim, with a hand-written
     backward that writes both halves of the gradient into one tensor (no concatenation): a new one,
@@ -88,11 +100,7 @@ class _GatedSiLU(torch.autograd.Function):
         a, b = h.chunk(2, dim=-1)
         # d silu(a)/da = s * (1 + a * (1 - s)) = s + silu(a) * (1 - s)
         if ctx.overwrite:  # h's version counter moves, so a second backward through it raises
-            s = torch.sigmoid(a, out=workspace("gated_silu", a.shape, a.dtype, a.device))
-            a.mul_(s)  # silu(a)
-            s.lerp_(s.new_ones(()), a).mul_(b)  # b * d silu(a)/da
-            torch.mul(a, grad, out=b)
-            torch.mul(s, grad, out=a)
+            gate_grads_in_place(a, b, grad, "gated_silu")
             return h, None
         s = torch.sigmoid(a)
         grad_h = torch.empty_like(h)

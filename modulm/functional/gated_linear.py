@@ -17,9 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from modulm.functional.attention import gated_silu
+from modulm.functional.attention import gate_grads_in_place, gated_silu
 from modulm.functional.linear import linear, product_kernels
-from modulm.functional.workspace import workspace
 
 
 class _GatedLinear(torch.autograd.Function):
@@ -39,13 +38,7 @@ class _GatedLinear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         rows, w1, w3, a, b = ctx.saved_tensors
-        grad = grad.reshape(a.shape)
-        # d silu(a)/da = s + silu(a) (1 - s) for s = sigmoid(a)
-        s = torch.sigmoid(a, out=workspace("gated_linear", a.shape, a.dtype, a.device))
-        a.mul_(s)  # silu(a)
-        s.lerp_(s.new_ones(()), a).mul_(b)  # b * d silu(a)/da
-        grad_b = torch.mul(a, grad, out=b)
-        grad_a = torch.mul(s, grad, out=a)
+        grad_a, grad_b = gate_grads_in_place(a, b, grad.reshape(a.shape), "gated_linear")
         kernels = ctx.kernels
         grad_x = grad_w1 = grad_w3 = None
         if ctx.needs_input_grad[0]:
