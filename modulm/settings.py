@@ -127,7 +127,7 @@ class SystemSettings:
     seed: seeds parameters, sampling and data order (a non-negative integer)
     threads: CPU threads for torch (torch.set_num_threads); unset keeps torch's default, "auto" means the physical cores
     tf32: on CUDA, float32 matmuls and convolutions use TF32 tensor cores (ignored elsewhere)
-    cpu_matmul: the library for float32 matrix products on a CPU: "auto" (the vendor's default, oneDNN on x86 CPUs not made by Intel and torch's BLAS elsewhere, unless a timing once per machine finds the other at least 1.05x as fast), "onednn" or "blas"
+    cpu_matmul: the library for float32 matrix products on a CPU: "auto" (the CPU's default, oneDNN on x86 CPUs not made by Intel that have AVX-512 and torch's BLAS elsewhere, unless a timing once per machine finds the other at least 1.05x as fast), "onednn" or "blas"
     """
 
     device: str = "auto"

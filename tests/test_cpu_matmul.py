@@ -21,14 +21,16 @@ from tests.runkit import tiny_recipe, write_recipe
 
 @pytest.fixture
 def machine(monkeypatch, tmp_path):
-    """``machine(vendor, speedup, arch="x86_64")``: an x86 CPU of ``vendor`` on which oneDNN measures
-    ``speedup`` times torch's BLAS, with a fresh cache; returns the list of thread counts measured at."""
+    """``machine(vendor, speedup, arch="x86_64", capability="AVX512")``: a CPU of ``vendor`` with ATen
+    capability ``capability`` on which oneDNN measures ``speedup`` times torch's BLAS, with a fresh
+    cache; returns the list of thread counts measured at."""
     monkeypatch.setenv("MODULM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(cm, "_backend", cm._backend)  # restored afterwards
     measured: list[int] = []
 
-    def use(vendor: str, speedup: float, arch: str = "x86_64") -> list[int]:
+    def use(vendor: str, speedup: float, arch: str = "x86_64", capability: str = "AVX512") -> list[int]:
         monkeypatch.setattr(cm, "onednn_available", lambda: True)
+        monkeypatch.setattr(cm, "cpu_capability", lambda: capability)
         monkeypatch.setattr(cm.platform, "machine", lambda: arch)
         monkeypatch.setattr(cm, "cpu_vendor", lambda: vendor)
 
@@ -47,17 +49,32 @@ def test_choose_keeps_the_default_unless_the_other_library_is_margin_faster(defa
     assert chosen == (("onednn" if default == "blas" else "blas") if faster_other else default)
 
 
-@pytest.mark.parametrize("vendor, speedup, expected", [
-    ("AuthenticAMD", 2.1, "onednn"), ("AuthenticAMD", 1.0, "onednn"), ("AuthenticAMD", 0.9, "blas"),
-    ("HygonGenuine", 1.02, "onednn"), ("GenuineIntel", 1.0, "blas"), ("GenuineIntel", 1.04, "blas"),
-    ("GenuineIntel", 1.12, "onednn"), ("", 1.2, "onednn"), ("", 1.0, "blas"),
+@pytest.mark.parametrize("vendor, capability, speedup, expected", [
+    ("AuthenticAMD", "AVX512", 2.1, "onednn"), ("AuthenticAMD", "AVX512", 1.0, "onednn"),
+    ("AuthenticAMD", "AVX512", 0.9, "blas"), ("HygonGenuine", "AVX512", 1.02, "onednn"),
+    # without AVX-512 both libraries run AVX2 kernels: the BLAS is the default, even off Intel
+    ("AuthenticAMD", "AVX2", 1.0, "blas"), ("AuthenticAMD", "AVX2", 1.04, "blas"),
+    ("AuthenticAMD", "AVX2", 1.06, "onednn"), ("HygonGenuine", "DEFAULT", 0.99, "blas"),
+    ("GenuineIntel", "AVX512", 1.0, "blas"), ("GenuineIntel", "AVX512", 1.04, "blas"),
+    ("GenuineIntel", "AVX2", 1.12, "onednn"), ("", "AVX512", 1.2, "onednn"), ("", "AVX512", 1.0, "blas"),
 ])
-def test_auto_is_the_vendor_default_unless_the_timing_overrules_it(machine, vendor, speedup, expected):
-    machine(vendor, speedup)
+def test_auto_is_the_vendor_default_unless_the_timing_overrules_it(machine, vendor, capability, speedup, expected):
+    machine(vendor, speedup, capability=capability)
     chosen = cm.resolve_cpu_matmul("auto")
     assert chosen.backend == expected
     assert chosen.reason.startswith("auto: ") and f"oneDNN {speedup:.2f}x torch's BLAS" in chosen.reason
+    assert f"{vendor or 'unknown vendor'} {capability} CPU" in chosen.reason
     assert ("overruling its default" in chosen.reason) == (expected != cm.vendor_default())
+
+
+@pytest.mark.parametrize("vendor, capability, default", [
+    ("AuthenticAMD", "AVX512", "onednn"), ("HygonGenuine", "AVX512", "onednn"),
+    ("AuthenticAMD", "AVX2", "blas"), ("AuthenticAMD", "DEFAULT", "blas"),
+    ("GenuineIntel", "AVX512", "blas"), ("GenuineIntel", "AVX2", "blas"), ("", "AVX512", "blas"),
+])
+def test_the_default_is_onednn_only_off_intel_with_avx512(machine, vendor, capability, default):
+    machine(vendor, 1.0, capability=capability)
+    assert cm.vendor_default() == default
 
 
 def test_other_architectures_and_builds_without_the_kernel_time_nothing(machine, monkeypatch):
@@ -176,7 +193,7 @@ def test_auto_is_timed_after_configure_at_the_run_thread_count(machine):
     finally:
         torch.set_num_threads(before)
     assert measured == [1] and cm.cpu_matmul() == "onednn"
-    assert rt.lines[-1].startswith("CPU float32 matmuls: auto: oneDNN (AuthenticAMD CPU")
+    assert rt.lines[-1].startswith("CPU float32 matmuls: auto: oneDNN (AuthenticAMD AVX512 CPU")
 
 
 def test_configure_applies_system_cpu_matmul_and_says_so(machine):
@@ -200,7 +217,7 @@ def test_a_run_times_auto_after_its_checks_and_says_what_it_chose(machine, tmp_p
     assert measured == [] and "max_iterations" in capsys.readouterr().err
     assert main(["run", str(recipe), "training.max_iterations=1"]) == 0
     out = capsys.readouterr().out
-    assert "CPU float32 matmuls: auto: oneDNN (GenuineIntel CPU, overruling its default, torch's BLAS" in out
+    assert "CPU float32 matmuls: auto: oneDNN (GenuineIntel AVX512 CPU, overruling its default, torch's BLAS" in out
     assert len(measured) == 1
 
 

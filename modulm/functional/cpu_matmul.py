@@ -7,7 +7,9 @@ training step's products at about twice MKL's rate (``benchmarks/bench_gemm.py``
 
 ``system.cpu_matmul = "auto"`` (:func:`resolve_cpu_matmul`) settles it on the machine at hand:
 
-* the vendor's default is oneDNN on x86 CPUs not made by Intel and torch's BLAS on Intel ones;
+* the vendor's default is oneDNN on x86 CPUs not made by Intel whose kernels reach AVX-512 (ATen's
+  CPU capability), and torch's BLAS on Intel ones and on AVX2-only CPUs, where both libraries run
+  AVX2 kernels and whole training steps measured slower in oneDNN (:func:`vendor_default`);
 * both libraries are then timed on a fixed set of training-sized products (:func:`measure`,
   about a second), and the other library replaces the default only where it is at least
   :data:`MARGIN` times as fast;
@@ -112,10 +114,19 @@ def _is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
+def cpu_capability() -> str:
+    """ATen's CPU capability (``AVX512``, ``AVX2``, …; ``ATEN_CPU_CAPABILITY`` lowers it)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def vendor_default() -> str:
-    """The library the CPU's vendor suggests: oneDNN on x86 CPUs not made by Intel, else torch's BLAS."""
+    """The library the CPU suggests: oneDNN on x86 CPUs not made by Intel with AVX-512 (where MKL
+    keeps to its AVX2 kernels and oneDNN does not), else torch's BLAS. Without AVX-512 both run AVX2
+    kernels, and whole bench-tiny and bench-small training steps measured 0.86–0.94x as fast in
+    oneDNN (an AMD Zen 4 held to AVX2, 2 threads; on a Zen 2 :func:`measure` gave 0.90–0.92x)."""
     vendor = cpu_vendor()
-    return "onednn" if _is_x86() and vendor and vendor != "GenuineIntel" else "blas"
+    avx512 = cpu_capability().startswith("AVX512")
+    return "onednn" if _is_x86() and vendor and vendor != "GenuineIntel" and avx512 else "blas"
 
 
 def _without_dispatch_modes():
@@ -174,7 +185,7 @@ def machine_key(threads: int) -> str:
     environment variables and the thread count."""
     model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
     limits = ",".join(f"{name}={os.environ[name]}" for name in _KERNEL_ENV if os.environ.get(name))
-    return (f"{cpu_vendor() or 'unknown'} {model} | {torch.backends.cpu.get_cpu_capability()} | "
+    return (f"{cpu_vendor() or 'unknown'} {model} | {cpu_capability()} | "
             f"torch {torch.__version__} | {limits or 'no kernel limits'} | {threads} threads")
 
 
@@ -271,7 +282,8 @@ def resolve_cpu_matmul(requested: str = "auto") -> CpuMatmul:
     default = vendor_default()
     backend = choose(default, timing)
     overruled = "" if backend == default else f", overruling its default, {_NAMES[default]}"
-    return CpuMatmul(backend, f"auto: {_NAMES[backend]} ({cpu_vendor() or 'unknown vendor'} CPU{overruled}; oneDNN "
+    return CpuMatmul(backend, f"auto: {_NAMES[backend]} ({cpu_vendor() or 'unknown vendor'} {cpu_capability()} CPU"
+                              f"{overruled}; oneDNN "
                               f"{timing.onednn_speedup:.2f}x torch's BLAS at {threads} thread{'s' * (threads != 1)}, {source})")
 
 
