@@ -7,7 +7,7 @@ training step's products at about twice MKL's rate (``benchmarks/bench_gemm.py``
 
 ``system.cpu_matmul = "auto"`` (:func:`resolve_cpu_matmul`) settles it on the machine at hand:
 
-* the vendor's default is oneDNN on x86 CPUs not made by Intel whose kernels reach AVX-512 (ATen's
+* the CPU's default is oneDNN on x86 CPUs not made by Intel whose kernels reach AVX-512 (ATen's
   CPU capability), and torch's BLAS on Intel ones and on AVX2-only CPUs, where both libraries run
   AVX2 kernels and whole training steps measured slower in oneDNN (:func:`vendor_default`);
 * both libraries are then timed on a fixed set of training-sized products (:func:`measure`,
