@@ -9,7 +9,13 @@ computed as ``log(sum(exp(o - max o))) - (o[x] - max o)``: subtracting the row m
 Speed: the loss runs on every training step over ``rows x vocab_size`` logits, so rows are
 processed in cache-sized chunks, and while a chunk is hot the gradient ``(softmax - onehot) / rows``
 is written too. The backward pass then only scales that stored gradient by the incoming one
-(or, for the usual incoming 1 on the CPU, returns it as it is).
+(or, for the usual incoming 1, returns it as it is).
+
+:func:`linear_cross_entropy`, the LM head fused with the loss that models and the trainer use, is
+the fast path: on the CPU each chunk's softmax is torch's fused kernel (one pass where the
+from-scratch formula makes six), with the from-scratch formula kept for the rows whose target
+probability underflows. :func:`cross_entropy` stays the from-scratch reference the two are tested
+against.
 """
 
 from __future__ import annotations
@@ -163,53 +169,95 @@ def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: 
 
 def _blas_chunks(flat: Tensor, weight: Tensor, targets: Tensor, losses: Tensor, step: int, want_hidden: bool,
                  want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
-    """:func:`_fused_losses`'s chunks through ``torch.mm``, into one reused logits buffer."""
+    """:func:`_fused_losses`'s chunks through ``torch.mm``, into one reused logits buffer. Each chunk
+    is turned into ``softmax - onehot`` in place; the ``1 / rows`` of the mean is the products'
+    ``alpha`` (free in the GEMM, where scaling the chunk would be one more pass over it)."""
     rows, vocab = flat.shape[0], weight.shape[0]
+    inv_rows = 1.0 / max(rows, 1)
     grad_hidden = torch.empty_like(flat) if want_hidden else None
     grad_weight = (torch.empty_like(weight) if rows else torch.zeros_like(weight)) if want_weight else None
     logits = workspace("linear_cross_entropy", (min(step, rows), vocab), flat.dtype, flat.device)
-    shifted = logits if flat.dtype == losses.dtype else workspace("linear_cross_entropy:wide", logits.shape,
-                                                                   losses.dtype, flat.device)
+    wide = logits if flat.dtype == losses.dtype else workspace("linear_cross_entropy:wide", logits.shape,
+                                                               losses.dtype, flat.device)
     weight_t = weight.t()
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         chunk, part = logits[: stop - start], flat[start:stop]
         torch.mm(part, weight_t, out=chunk)
-        _chunk_losses(chunk, targets[start:stop], shifted[: stop - start], losses[start:stop],
-                      chunk if want_hidden or want_weight else None, 1.0 / rows)
+        _softmax_losses(chunk, wide[: stop - start], part, weight, targets[start:stop], losses[start:stop],
+                        want_hidden or want_weight)
         if want_hidden:
-            torch.mm(chunk, weight, out=grad_hidden[start:stop])
+            out = grad_hidden[start:stop]
+            torch.addmm(out, chunk, weight, beta=0, alpha=inv_rows, out=out)
         if want_weight:
             if start == 0:  # with one chunk, exactly the unchunked product
-                torch.mm(chunk.t(), part, out=grad_weight)
+                torch.addmm(grad_weight, chunk.t(), part, beta=0, alpha=inv_rows, out=grad_weight)
             else:
-                grad_weight.addmm_(chunk.t(), part)
+                grad_weight.addmm_(chunk.t(), part, alpha=inv_rows)
     return grad_hidden, grad_weight
 
 
 def _onednn_chunks(flat: Tensor, weight: Tensor, targets: Tensor, losses: Tensor, step: int, want_hidden: bool,
                    want_weight: bool) -> tuple[Tensor | None, Tensor | None]:
     """:func:`_fused_losses`'s chunks through oneDNN (float32 on a CPU, :mod:`modulm.functional.linear`),
-    whose products are new tensors: each chunk's logits are worked on in place where they land."""
+    whose products are new tensors: each chunk's logits are worked on in place where they land, and
+    the products of ``softmax - onehot`` are scaled by ``1 / rows`` afterwards (they are smaller)."""
     rows = flat.shape[0]
+    inv_rows = 1.0 / max(rows, 1)
     grad_hidden = torch.empty_like(flat) if want_hidden and not 0 < rows <= step else None  # one chunk: its own
     grad_weight = torch.zeros_like(weight) if want_weight and not rows else None
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         part = flat[start:stop]
         chunk = linear(part, weight)
-        _chunk_losses(chunk, targets[start:stop], chunk, losses[start:stop],
-                      chunk if want_hidden or want_weight else None, 1.0 / rows)
+        _softmax_losses(chunk, chunk, part, weight, targets[start:stop], losses[start:stop],
+                        want_hidden or want_weight)
         if want_hidden:
-            part_grad = linear(chunk, weight.t())
+            part_grad = linear(chunk, weight.t()).mul_(inv_rows)
             if grad_hidden is None:
                 grad_hidden = part_grad
             else:
                 grad_hidden[start:stop] = part_grad
         if want_weight:
             part_grad = weight_grad(chunk, part)
-            grad_weight = part_grad if grad_weight is None else grad_weight.add_(part_grad)
+            grad_weight = part_grad.mul_(inv_rows) if grad_weight is None else grad_weight.add_(part_grad, alpha=inv_rows)
     return grad_hidden, grad_weight
+
+
+_softmax_into = torch.ops.aten._softmax.out
+
+
+def _softmax_losses(chunk: Tensor, wide: Tensor, part: Tensor, weight: Tensor, target: Tensor, losses: Tensor,
+                    want_grad: bool) -> None:
+    """One chunk of logits (``part @ weight.T``): ``-log softmax(chunk)[target]`` into ``losses`` and,
+    with ``want_grad``, ``softmax - onehot`` over ``chunk``. ``wide`` is ``chunk`` itself or, for a
+    narrower dtype, float32 scratch of its shape (the chunk is then rounded once, at the end).
+
+    On the CPU the softmax is torch's fused kernel, in place: one pass over the chunk where the
+    from-scratch :func:`_chunk_losses` makes six. The loss is ``-log p[target]``, exact while that
+    probability is a normal float; the rare rows where it underflows (a target logit some 87 below
+    the row's log-sum-exp in float32) get the from-scratch formula on their recomputed logits.
+    Accelerators run :func:`_chunk_losses` (no host sync to find such rows)."""
+    if chunk.device.type != "cpu":
+        _chunk_losses(chunk, target, wide, losses, chunk if want_grad else None, 1.0)
+        return
+    if wide is not chunk:
+        wide.copy_(chunk)
+    _softmax_into(wide, 1, False, out=wide)
+    target_probs = wide.gather(1, target).squeeze(1)
+    torch.log(target_probs, out=losses).neg_()
+    finfo = torch.finfo(wide.dtype)
+    underflowed = target_probs < finfo.tiny / finfo.eps  # subnormal or nearly: too few bits left
+    if underflowed.any():
+        rows = underflowed.nonzero().squeeze(1)
+        logits = torch.mm(part[rows], weight.t())
+        exact = torch.empty(rows.numel(), dtype=losses.dtype)
+        _chunk_losses(logits, target[rows], torch.empty(logits.shape, dtype=losses.dtype), exact, None, 1.0)
+        losses[rows] = exact
+    if want_grad:
+        wide.scatter_add_(1, target, torch.full_like(target, -1, dtype=wide.dtype))
+        if wide is not chunk:
+            chunk.copy_(wide)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
