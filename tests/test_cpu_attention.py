@@ -87,15 +87,19 @@ def test_not_available_outside_its_contract(case):
         assert not block_causal_available(q, k, v)
 
 
-def test_training_attention_on_the_cpu_takes_the_block_path(monkeypatch):
+@pytest.mark.parametrize("vendor, blocks", [("AuthenticAMD", True), ("", True), ("GenuineIntel", False)])
+def test_training_attention_on_the_cpu_takes_the_block_path_except_on_intel(monkeypatch, vendor, blocks):
     calls = []
+    monkeypatch.setattr(cpu_attention, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(attention_module, "block_causal_attention",
                         lambda q, k, v: calls.append(q.shape) or F.scaled_dot_product_attention(q, k, v, is_causal=True))
     q = randn(0, 1, 2, 64, 8)
-    attention_module.fused_causal_attention(q, q, q)
+    want = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    torch.testing.assert_close(attention_module.fused_causal_attention(q, q, q), want)
     attention_module.fused_causal_attention(q[:, :, :32], q[:, :, :32], q[:, :, :32])  # too short: one sdpa call
     attention_module.fused_causal_attention(q.bfloat16(), q.bfloat16(), q.bfloat16())  # attended in float32
-    assert calls == [q.shape, q.shape]
+    assert calls == ([q.shape, q.shape] if blocks else [])
+    assert cpu_attention.blocks_pay_off() is blocks
 
 
 def test_mask_cache_stays_bounded_over_many_lengths():

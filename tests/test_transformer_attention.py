@@ -215,3 +215,53 @@ def test_sdpa_impl_takes_the_fused_kernel_for_every_query_count(monkeypatch, imp
     kv = torch.zeros(1, 2, 4, 4, device=device)
     attn._attend(q, kv, kv)
     assert bool(calls) == fused
+
+
+@given(seed=seeds, lead=leading_dims, layout=head_layouts, t=st.integers(1, 16),
+       used=st.sampled_from([(True, True, True), (True, False, True), (False, True, False)]))
+def test_rotated_qkv_heads_equal_rotating_each_projection_apart(seed, lead, layout, t, used):
+    """The one-kernel rotation of q and k over the stacked projection: the same values as the
+    generic path (split, rotate q, rotate k) and the same gradient of ``qkv`` (to float32 rounding), also
+    when some of the three heads take no part in the loss (their gradient is None)."""
+    from modulm_transformer.position import rotated_qkv_heads
+    num_heads, head_dim = layout
+    rope = RotaryPositionalEmbedding(10000.0, head_dim, 16)
+    qkv = randn(seed, *lead, t, 3 * num_heads * head_dim).requires_grad_()
+
+    def apart(qkv):
+        q, k, v = (z.unflatten(-1, (num_heads, head_dim)).transpose(-3, -2) for z in qkv.split(num_heads * head_dim, -1))
+        return rope(q), rope(k), v
+
+    ours, theirs = rotated_qkv_heads(qkv, rope.complex_rotations(t), num_heads), apart(qkv)
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    upstream = [randn(seed + 1 + i, *o.shape) for i, o in enumerate(ours)]
+    picked = [i for i in range(3) if used[i]]
+    grads = [torch.autograd.grad([outs[i] for i in picked], qkv, [upstream[i] for i in picked])[0]
+             for outs in (ours, theirs)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "scratch"])
+def test_attention_takes_the_one_kernel_rotation_and_matches_the_generic_path(monkeypatch, impl):
+    from modulm_transformer import position as position_module
+    attn = make_attention(3, 4, 8, impl=impl)
+    x = randn(4, 2, 16, attn.d_model).requires_grad_()
+    calls = []
+    real = position_module.rotated_qkv_heads
+    monkeypatch.setattr(attention_module, "rotated_qkv_heads", lambda *a: calls.append(1) or real(*a))
+    fast = attn(x)
+    fast_grads = torch.autograd.grad(fast.square().sum(), [x, *attn.parameters()])
+    assert calls == [1]
+    monkeypatch.setattr(CausalSelfAttention, "_rotates_in_one_kernel", lambda self, qkv: False)
+    generic = attn(x)
+    generic_grads = torch.autograd.grad(generic.square().sum(), [x, *attn.parameters()])
+    assert calls == [1]
+    torch.testing.assert_close(fast, generic, rtol=1e-6, atol=1e-6)
+    for a, b in zip(fast_grads, generic_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 projections take the generic path
+        attn(x)
+    attn(x, token_positions=torch.arange(16))  # explicit positions too
+    assert calls == [1]

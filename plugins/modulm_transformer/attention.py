@@ -10,9 +10,9 @@ from torch import Tensor, nn
 from modulm.functional.attention import causal_mask, scaled_dot_product_attention
 from modulm.functional.linear import linear
 from modulm_transformer.cache import LayerKVCache
-from modulm_transformer.cpu_attention import block_causal_attention, block_causal_available
+from modulm_transformer.cpu_attention import block_causal_attention, block_causal_available, blocks_pay_off
 from modulm_transformer.layers import Linear
-from modulm_transformer.position import NoPositionalEmbedding
+from modulm_transformer.position import NoPositionalEmbedding, rotated_qkv_heads
 
 IMPLS = ("sdpa", "scratch")
 
@@ -52,7 +52,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, token_positions: Tensor | None = None, kv_cache: LayerKVCache | None = None) -> Tensor:
         """``x``: ``(..., T, d_model)``; with ``kv_cache``, ``x`` holds the tokens after the cached ones."""
-        q, k, v = self._project(x)
+        qkv = self._stacked_projection(x)
+        if token_positions is None and kv_cache is None and self._rotates_in_one_kernel(qkv):
+            # training and prefill with RoPE: both rotations in one kernel over the projection
+            q, k, v = rotated_qkv_heads(qkv, self.position.complex_rotations(x.shape[-2]), self.num_heads)
+            return self.output_proj(self._attend(q, k, v).transpose(-3, -2).flatten(-2))
+        q, k, v = self._heads(qkv)
         if token_positions is None and kv_cache is not None:
             token_positions = torch.arange(kv_cache.length, kv_cache.length + x.shape[-2], device=x.device)
         if token_positions is not None:
@@ -65,11 +70,22 @@ class CausalSelfAttention(nn.Module):
         out = self._attend(q, k, v)  # (..., heads, T, head_dim)
         return self.output_proj(out.transpose(-3, -2).flatten(-2))
 
+    def _rotates_in_one_kernel(self, qkv: Tensor) -> bool:
+        """Whether :func:`rotated_qkv_heads` applies: a position module that states its rotations
+        (RoPE), no QK-norm between the projection and the rotation, plain eager float32 tensors."""
+        return (hasattr(self.position, "complex_rotations") and not hasattr(self, "q_norm")
+                and qkv.dtype == torch.float32 and type(qkv) is Tensor and not torch.compiler.is_compiling())
+
+    def _stacked_projection(self, x: Tensor) -> Tensor:
+        """``[q | k | v]`` ``(..., T, 3 d_model)``: the three projections as one matmul against the
+        stacked weights (fewer, larger kernels; the stacked weight's gradient splits back into views)."""
+        return linear(x, torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight)))
+
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values ``(..., heads, T, head_dim)``: one matmul instead of three
-        (fewer, larger kernels; the gradient of the stacked weight splits back into views)."""
-        weight = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        qkv = linear(x, weight)
+        """Queries, keys and values ``(..., heads, T, head_dim)``, unrotated."""
+        return self._heads(self._stacked_projection(x))
+
+    def _heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = qkv.split(self.d_model, dim=-1)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
@@ -94,7 +110,9 @@ def fused_causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     ``n == m`` (training, prefill) passes ``is_causal=True``, which the flash and memory-efficient
     kernels take on CUDA (float32 on the CPU runs torch's flash kernel a query block at a time,
-    :mod:`modulm_transformer.cpu_attention`, so it skips most of the masked half); a single query (a decoding step) sees every key, so it needs no mask; any
+    :mod:`modulm_transformer.cpu_attention`, so it skips most of the masked half, on the CPUs where
+    that measured faster: :func:`~modulm_transformer.cpu_attention.blocks_pay_off`); a single query
+    (a decoding step) sees every key, so it needs no mask; any
     other ``n < m`` passes the bottom-right-aligned boolean mask, which the memory-efficient kernel takes.
 
     On the CPU, half-precision inputs (bf16 autocast) are attended in float32 and the output cast
@@ -112,7 +130,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     num_queries, num_keys = q.shape[-2], k.shape[-2]
     sdpa = torch.nn.functional.scaled_dot_product_attention
     if num_queries == num_keys:
-        if block_causal_available(q, k, v):
+        if block_causal_available(q, k, v) and blocks_pay_off():
             return block_causal_attention(q, k, v)
         return sdpa(q, k, v, is_causal=True)
     if num_queries == 1:
