@@ -6,7 +6,8 @@ One step = forward, loss, backward, optimizer step, zero_grad, on random tokens.
 F.cross_entropy inside its forward). modulm's side is ``TransformerLM`` (the CS336 defaults: RoPE,
 SwiGLU, RMSNorm, untied head) with ``modulm_optim.AdamW`` and the loss as the trainer computes it
 (``model(x, targets=y)``: the LM head fused with modulm's cross-entropy), its float32 products in
-the library ``system.cpu_matmul = "auto"`` picks (``--cpu-matmul``; oneDNN on this AMD CPU). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
+the library ``system.cpu_matmul = "auto"`` picks (``--cpu-matmul``; oneDNN on AMD CPUs with
+AVX-512, torch's BLAS elsewhere unless its timing says otherwise). Both get n_embd/n_layer/n_head/vocab/block_size from the config; nanoGPT's MLP is its
 own (GELU, 4 x d), and the configs' SwiGLU ``d_ff`` makes 3 d d_ff equal to within 2% of nanoGPT's
 8 d^2, so the matmul FLOPs per token agree to within 1% (MFU is computed from each model's own
 shapes, so the small difference is accounted for).

@@ -158,7 +158,8 @@ def rotated_qkv_heads(qkv: Tensor, rotations: Tensor, num_heads: int) -> tuple[T
 
     The same values as rotating ``q`` and ``k`` apart with :func:`rotate_by`, in one kernel over
     both; the backward forms ``qkv``'s gradient in place of the concatenation of three.
-    Bench-tiny's attention on a 2-core Intel Xeon (AMX), forward and backward: 1.01–1.02x.
+    On a 2-core Intel Xeon (AMX), paired A/B: bench-tiny's attention forward and backward 1.03–1.04x,
+    whole steps 1.01–1.02x.
     """
     return _RotatedQKVHeads.apply(qkv, rotations, num_heads)
 
