@@ -79,11 +79,17 @@ def rotate_by(x: Tensor, rotations: Tensor) -> Tensor:
     return _rotate(x, rotations)
 
 
-def _rotate(x: Tensor, rotations: Tensor) -> Tensor:
-    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))
+def _complex_pairs(x: Tensor) -> Tensor:
+    """``x`` (last dim even) as complex pairs ``x[2i] + i*x[2i+1]``: a view where its strides allow
+    (view_as_complex needs whole complex numbers in memory), else a copy."""
+    pairs = x.unflatten(-1, (-1, 2))
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()  # view_as_complex needs whole complex numbers in memory
-    rotated = torch.view_as_real(torch.view_as_complex(pairs) * rotations)
+        pairs = pairs.contiguous()
+    return torch.view_as_complex(pairs)
+
+
+def _rotate(x: Tensor, rotations: Tensor) -> Tensor:
+    rotated = torch.view_as_real(_complex_pairs(x.to(torch.promote_types(x.dtype, torch.float32))) * rotations)
     return rotated.flatten(-2).to(x.dtype)
 
 
@@ -101,14 +107,6 @@ class _Rotation(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (rotations,) = ctx.saved_tensors
         return _rotate(grad, rotations.conj()), None
-
-
-def _complex_pairs(x: Tensor) -> Tensor:
-    """``x`` (last dim even) as complex pairs ``x[2i] + i*x[2i+1]``: a view where its strides allow."""
-    pairs = x.unflatten(-1, (-1, 2))
-    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
-        pairs = pairs.contiguous()
-    return torch.view_as_complex(pairs)
 
 
 class _RotatedQKVHeads(torch.autograd.Function):
