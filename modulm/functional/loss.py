@@ -250,9 +250,9 @@ def _softmax_losses(chunk: Tensor, wide: Tensor, part: Tensor, weight: Tensor, t
     underflowed = target_probs < finfo.tiny / finfo.eps  # subnormal or nearly: too few bits left
     if underflowed.any():
         rows = underflowed.nonzero().squeeze(1)
-        logits = torch.mm(part[rows], weight.t())
+        logits = torch.mm(part[rows], weight.t()).to(losses.dtype)  # its own memory: scratch for the formula
         exact = torch.empty(rows.numel(), dtype=losses.dtype)
-        _chunk_losses(logits, target[rows], torch.empty(logits.shape, dtype=losses.dtype), exact, None, 1.0)
+        _chunk_losses(logits, target[rows], logits, exact, None, 1.0)
         losses[rows] = exact
     if want_grad:
         wide.scatter_add_(1, target, torch.full_like(target, -1, dtype=wide.dtype))
