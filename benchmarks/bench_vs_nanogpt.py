@@ -14,10 +14,14 @@ shapes, so the small difference is accounted for).
 
 Each config at each thread count runs in a fresh child process, as each framework's own training
 script would (one row's allocations would otherwise change the allocator's state for the next:
-glibc raises its mmap threshold to the biggest block freed so far). Within it, rounds are
-interleaved (nanoGPT then modulm, the order alternating per round); each row reports the median
-over rounds of each round's median step time (and the range of the rounds' own ratios: each
-round times both sides back to back), and each side's minor page faults per step. The
+glibc raises its mmap threshold to the biggest block freed so far). Within it, each round is a
+run of pairs of steps, one timed step of each side back to back (which side goes first
+alternating, each after an untimed step of its own to warm the caches), so both sides of a pair
+see the same load on the host: on a shared VM that load moves step times by 20% or more from one
+second to the next, more than the gap being measured. The ratio a row reports is
+the median over rounds of each round's median of its pairs' ratios (and the range of the rounds'
+ratios); tokens/s is the median over rounds of each round's median step time, and "tok/s ratio"
+their ratio, for comparison; and each side's minor page faults per step. The
 fp32 (and, where used, bf16) matmul rate is sampled between rounds (float32 through both torch's
 BLAS and oneDNN; the faster is the peak), and MFU is a step's training
 FLOPs (3 x the forward matmul FLOPs, attention scores over the full T x T square) over the step
@@ -76,7 +80,8 @@ class Side:
     def __init__(self, name: str, model, optimizer, loss_of, flops_per_step: float) -> None:
         self.name, self.model, self.optimizer, self.loss_of = name, model, optimizer, loss_of
         self.flops_per_step = flops_per_step
-        self.round_medians: list[float] = []
+        self.round_medians: list[float] = []  # each round's median step time
+        self.pair_ratios: list[float] = []  # each round's median of nanoGPT's step time over this side's
         self.faults = 0.0  # minor page faults per timed step of the last row
 
     def step(self, inputs, targets, autocast: bool) -> float:
@@ -140,24 +145,36 @@ class MatmulRate:
 
 def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, rounds: int, steps: int,
             warmup: int, round_seconds: float) -> int:
-    """Time ``rounds`` interleaved rounds; returns the steps per side per round: at least ``steps``,
-    more where a round would otherwise last under ``round_seconds`` (a 60 ms step at 3 steps a
-    round is at the mercy of the other tenants of a shared host). Each side's ``faults`` is its
-    minor page faults per timed step."""
+    """Time ``rounds`` rounds of ``steps`` pairs of steps; returns the pairs per round: at least
+    ``steps``, more where a round would otherwise last under ``round_seconds`` (a 60 ms step at 3
+    steps a round is at the mercy of the other tenants of a shared host). A pair is one timed step of
+    each side back to back, which side goes first alternating, so both see the same load on the
+    host; each timed step follows an untimed one of the same side, as in training (a step right
+    after the other model's ran up to 4% slower on bench-tiny, the caches holding the other's data);
+    each side's ``round_medians`` gets each round's median step time, ``pair_ratios`` each round's
+    median of its pairs' time ratios (nanoGPT's over this side's), ``faults`` its minor page faults
+    per timed step."""
     gen = torch.Generator().manual_seed(0)
     batch = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context_length), generator=gen) for _ in range(2)]
     faults = {side.name: 0 for side in sides}
     for side in sides:
-        side.round_medians = []
+        side.round_medians, side.pair_ratios = [], []
         warm = [side.step(*batch, autocast) for _ in range(max(warmup, 1))]
         steps = max(steps, math.ceil(round_seconds / min(warm)))
     for r in range(rounds):
         rate.sample()
         rate.sample()
-        for side in (sides if r % 2 == 0 else sides[::-1]):
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            side.round_medians.append(statistics.median(side.step(*batch, autocast) for _ in range(steps)))
-            faults[side.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        times: dict[str, list[float]] = {side.name: [] for side in sides}
+        for i in range(steps):
+            for side in (sides if (r + i) % 2 == 0 else sides[::-1]):
+                side.step(*batch, autocast)  # untimed: brings its own weights and buffers back into the caches
+                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                times[side.name].append(side.step(*batch, autocast))
+                faults[side.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        reference = times[sides[0].name]
+        for side in sides:
+            side.round_medians.append(statistics.median(times[side.name]))
+            side.pair_ratios.append(statistics.median(t_ref / t for t_ref, t in zip(reference, times[side.name])))
     for side in sides:
         side.faults = faults[side.name] / (rounds * steps)
     return steps
@@ -181,8 +198,7 @@ def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) 
             seconds = statistics.median(side.round_medians)
             row[side.name] = {"tok_s": n_tok / seconds, "mfu": side.flops_per_step / seconds / rate.peak,
                               "faults": side.faults}
-        # each round times both sides back to back: its ratio sees the same load on the host
-        row["round_ratios"] = [t_nano / t_ours for t_nano, t_ours in zip(sides[0].round_medians, sides[1].round_medians)]
+        row["round_ratios"] = sides[1].pair_ratios
         rows.append(row)
     return rows
 
@@ -211,11 +227,11 @@ def main() -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--configs", default="tiny,small", help="comma-separated: tiny, small")
     parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16 (bf16 autocast only where native)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per row (medians over them)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per row (medians over them)")
+    parser.add_argument("--steps", type=int, default=3, help="timed pairs of steps (one per side) per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side before each row")
     parser.add_argument("--round-seconds", type=float, default=1.0,
-                        help="more steps per round where --steps would take less than this (both sides alike)")
+                        help="more pairs per round where --steps pairs would take a side less than this")
     parser.add_argument("--allocator", choices=("default", "no-trim"), default="default",
                         help="no-trim: run the children with glibc's MALLOC_*_ settings that keep freed memory "
                              "(neither side then pays page faults for memory it frees and allocates again)")
@@ -241,8 +257,8 @@ def main() -> int:
         if not dtypes:
             return 0
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16 {bf16_native()}, {args.rounds} rounds x at least {args.steps} steps "
-          f"(and {args.round_seconds:g} s) per side, one process per config and thread count, "
+          f"native bf16 {bf16_native()}, {args.rounds} rounds x at least {args.steps} pairs of steps "
+          f"(and {args.round_seconds:g} s a side), one process per config and thread count, "
           f"allocator {args.allocator}")
     print(f"modulm's float32 CPU matmuls: {resolve_cpu_matmul(args.cpu_matmul).reason}; nanoGPT's: torch's default "
           "(its BLAS). MFU is against the faster library's peak.")
@@ -251,14 +267,15 @@ def main() -> int:
         for key in args.configs.split(","):
             rows += run_child(args, threads, key, dtypes)
             print(f"  done: {threads} thread(s) {key}", file=sys.stderr, flush=True)
-    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT | per round | nanoGPT MFU "
+    print("\n| config | threads | dtype | nanoGPT tok/s | modulm tok/s | modulm / nanoGPT (paired) | per round | tok/s ratio | nanoGPT MFU "
           "| modulm MFU | matmul peak GFLOP/s | per library | page faults per step (nanoGPT / modulm) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for row in rows:
         nano, ours, per_round = row["nanoGPT"], row["modulm"], row["round_ratios"]
         libraries = ", ".join(f"{name} {peak / 1e9:.0f}" for name, peak in row["peaks"].items())
         print(f"| {row['config']} | {row['threads']} | {row['dtype']} | {nano['tok_s']:.0f} | {ours['tok_s']:.0f} | "
-              f"{ours['tok_s'] / nano['tok_s']:.2f} | {min(per_round):.2f}–{max(per_round):.2f} | "
+              f"{statistics.median(per_round):.2f} | {min(per_round):.2f}–{max(per_round):.2f} | "
+              f"{ours['tok_s'] / nano['tok_s']:.2f} | "
               f"{100 * nano['mfu']:.0f}% | {100 * ours['mfu']:.0f}% | "
               f"{row['peak'] / 1e9:.0f} | {libraries} | {nano['faults']:.0f} / {ours['faults']:.0f} |")
     return 0
