@@ -8,7 +8,7 @@ Here each half is its own product with a contiguous output, the gating and its b
 place on those two buffers (no concatenated weight, no split gradient), and the weight gradients
 come straight out of the two halves of the incoming gradient. Whole bench-tiny steps on that
 machine: 1.02-1.03x at 2 threads, 1.01x at 1; bench-small's FFN: the same to within 1%
-(docs/components.md).
+(docs/against-nanogpt.md).
 """
 
 from __future__ import annotations
