@@ -81,7 +81,6 @@ class Side:
         self.name, self.model, self.optimizer, self.loss_of = name, model, optimizer, loss_of
         self.flops_per_step = flops_per_step
         self.round_medians: list[float] = []  # each round's median step time
-        self.pair_ratios: list[float] = []  # each round's median of nanoGPT's step time over this side's
         self.faults = 0.0  # minor page faults per timed step of the last row
 
     def step(self, inputs, targets, autocast: bool) -> float:
@@ -144,21 +143,22 @@ class MatmulRate:
 
 
 def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, rounds: int, steps: int,
-            warmup: int, round_seconds: float) -> int:
-    """Time ``rounds`` rounds of ``steps`` pairs of steps; returns the pairs per round: at least
-    ``steps``, more where a round would otherwise last under ``round_seconds`` (a 60 ms step at 3
-    steps a round is at the mercy of the other tenants of a shared host). A pair is one timed step of
+            warmup: int, round_seconds: float) -> tuple[int, list[float]]:
+    """Time ``rounds`` rounds of ``steps`` pairs of steps; returns the pairs per round (at least
+    ``steps``, more where a round would otherwise last under ``round_seconds``: a 60 ms step at 3
+    steps a round is at the mercy of the other tenants of a shared host) and each round's median of
+    its pairs' ratios (the first side's step time over the second's). A pair is one timed step of
     each side back to back, which side goes first alternating, so both see the same load on the
     host; each timed step follows an untimed one of the same side, as in training (a step right
     after the other model's ran up to 4% slower on bench-tiny, the caches holding the other's data);
-    each side's ``round_medians`` gets each round's median step time, ``pair_ratios`` each round's
-    median of its pairs' time ratios (nanoGPT's over this side's), ``faults`` its minor page faults
-    per timed step."""
+    each side's ``round_medians`` gets each round's median step time, ``faults`` its minor page
+    faults per timed step."""
     gen = torch.Generator().manual_seed(0)
     batch = [torch.randint(0, cfg.vocab_size, (cfg.batch_size, cfg.context_length), generator=gen) for _ in range(2)]
     faults = {side.name: 0 for side in sides}
+    pair_ratios = []
     for side in sides:
-        side.round_medians, side.pair_ratios = [], []
+        side.round_medians = []
         warm = [side.step(*batch, autocast) for _ in range(max(warmup, 1))]
         steps = max(steps, math.ceil(round_seconds / min(warm)))
     for r in range(rounds):
@@ -171,13 +171,12 @@ def run_row(sides: list[Side], cfg: Config, autocast: bool, rate: MatmulRate, ro
                 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 times[side.name].append(side.step(*batch, autocast))
                 faults[side.name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-        reference = times[sides[0].name]
         for side in sides:
             side.round_medians.append(statistics.median(times[side.name]))
-            side.pair_ratios.append(statistics.median(t_ref / t for t_ref, t in zip(reference, times[side.name])))
+        pair_ratios.append(statistics.median(a / b for a, b in zip(times[sides[0].name], times[sides[1].name])))
     for side in sides:
         side.faults = faults[side.name] / (rounds * steps)
-    return steps
+    return steps, pair_ratios
 
 
 def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) -> list[dict]:
@@ -190,7 +189,7 @@ def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) 
     rows = []
     for dtype in dtypes:
         rate = MatmulRate(torch.bfloat16 if dtype == "bf16" else torch.float32)
-        steps = run_row(sides, cfg, dtype == "bf16", rate, args.rounds, args.steps, args.warmup, args.round_seconds)
+        steps, round_ratios = run_row(sides, cfg, dtype == "bf16", rate, args.rounds, args.steps, args.warmup, args.round_seconds)
         n_tok = cfg.batch_size * cfg.context_length
         row = {"config": cfg.name, "threads": threads, "dtype": dtype, "steps": steps, "peak": rate.peak,
                "peaks": rate.peaks}
@@ -198,7 +197,7 @@ def measure(nanogpt_dir: Path, threads: int, key: str, dtypes: list[str], args) 
             seconds = statistics.median(side.round_medians)
             row[side.name] = {"tok_s": n_tok / seconds, "mfu": side.flops_per_step / seconds / rate.peak,
                               "faults": side.faults}
-        row["round_ratios"] = sides[1].pair_ratios
+        row["round_ratios"] = round_ratios
         rows.append(row)
     return rows
 
