@@ -5,6 +5,8 @@ A run that fails preflight leaves the file system exactly as it was. The checks,
 * the recipe (:func:`modulm.recipe.validate`);
 * the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
   and writable (probed with a file removed at once), and what starting there means;
+* the training state's memory (:func:`check_training_memory`): parameters, gradients and optimizer
+  state of the model built on the meta device, against the device's memory;
 * the checkpoint to resume (:func:`modulm.checkpoint.read_checkpoint`): readable, a modulm
   checkpoint, tensors of the shapes this recipe builds. A recipe that differs from the one stored in
   the checkpoint is named key by key: refused when the model's tensors no longer fit, a one-line
@@ -156,15 +158,73 @@ def complete_message(run_dir: Path, iteration: int, max_iterations: int, resume:
             f"Extend it with training.max_iterations=N, or start afresh with --overwrite")
 
 
-def before_build(recipe: Any, registry: Any) -> Preflight:
-    """The checks that need no built component: recipe, run directory, checkpoint to resume, extras.
-
-    Writes nothing. The model is built on the meta device (no memory) to compare the checkpoint's
-    tensor shapes when the recipe tells its vocabulary size; the trainer checks again against the
-    real model.
-    """
+def meta_model(bound: Mapping[str, Any], vocab_size: Any) -> Any:
+    """The recipe's model built on the meta device (no memory), or None where the vocabulary size
+    is unknown or the model cannot be built there (the trainer's checks then run on the real one)."""
     import torch
 
+    if not isinstance(vocab_size, int):
+        return None
+    try:
+        with torch.device("meta"):
+            return bound["model"](vocab_size=vocab_size)
+    except ModulmError:
+        raise
+    except Exception:
+        return None
+
+
+def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) -> None:
+    """Refuse a run whose training state alone, the parameters, their gradients and the optimizer's
+    state (what ``modulm info`` prints), is more than its device's memory: RAM and swap for a CPU
+    (times the processes the run starts on it), the GPU's memory on CUDA. Activations come on top,
+    so a run that passes can still run out of memory; one that fails cannot fit."""
+    import os
+
+    import torch
+
+    from modulm.errors import OutOfMemory, human_bytes
+    from modulm.runtime import device_memory, device_memory_bytes, resolve_device
+    from modulm.strategy import memory_per_process, optimizer_bytes_per_element
+
+    try:
+        device = resolve_device(bound["system"].device)
+        with torch.device("meta"):
+            optimizer = bound["optimizer"](params=list(model.named_parameters()))
+        optimizer_bytes = optimizer_bytes_per_element(optimizer)
+    except ModulmError:
+        raise
+    except Exception:  # an optimizer that cannot be built on the meta device: the run finds out itself
+        return
+    limit = device_memory_bytes(device)
+    if limit is None:
+        return
+    world = nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
+    local = nproc if nproc > 1 else int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    sharded = world > 1 and getattr(bound.get("distributed"), "strategy", None) == "fsdp"
+    use = memory_per_process(model, optimizer_bytes, sharded, world)
+    processes = local if device.type == "cpu" else 1  # a CPU's processes share its memory
+    needed = use.total * processes
+    if needed <= limit:
+        return
+    optimizer_part = f" + optimizer state {human_bytes(use.optimizer)}" if use.optimizer is not None else ""
+    per = f" per process x {processes} processes" if processes > 1 else ""
+    shard = ", or shard it over more GPUs with distributed.strategy = \"fsdp\"" if device.type == "cuda" else ""
+    raise OutOfMemory(
+        f"model: training it needs {human_bytes(needed)} before any activation (parameters "
+        f"{human_bytes(use.parameters)} + gradients {human_bytes(use.gradients)}{optimizer_part}{per}), more than "
+        f"{device_memory(device)}; make it smaller (model.d_model, model.num_layers, the vocabulary size){shard}. "
+        "modulm info RECIPE prints these numbers")
+
+
+def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
+    """The checks that need no built component: recipe, training-state memory, run directory,
+    checkpoint to resume, extras (``nproc``: the processes ``modulm run --nproc`` will start).
+
+    Writes nothing. The model is built on the meta device (no memory) to size its training state
+    and to compare the checkpoint's tensor shapes when the recipe tells its vocabulary size; the
+    trainer checks the shapes again against the real model.
+    """
     from modulm import rundir
     from modulm.assemble import resolved_recipe
     from modulm.recipe import validate
@@ -173,22 +233,18 @@ def before_build(recipe: Any, registry: Any) -> Preflight:
     bound = validate(recipe, registry)
     check_components(bound)
     resolved = resolved_recipe(bound)
+    vocab_size = recipe_vocab_size(resolved)
+    model = meta_model(bound, vocab_size)
+    if model is not None:
+        check_training_memory(bound, model, nproc)
     chosen = rundir.plan(bound["checkpointing"])
     if chosen.resume is None:
         return Preflight(chosen)
     state = read_any(chosen.resume, mmap=True)  # a file, or a sharded (fsdp) directory
-    stored_vocab = (state.get("meta") or {}).get("vocab_size")
-    vocab_size = recipe_vocab_size(resolved) or stored_vocab
-    if isinstance(vocab_size, int):
-        try:
-            with torch.device("meta"):
-                model = bound["model"](vocab_size=vocab_size)
-        except ModulmError:
-            raise
-        except Exception:  # a model that cannot be built on the meta device: the trainer checks later
-            model = None
-        if model is not None:
-            check_resume(state, chosen.resume, model, resolved)
+    if model is None:  # the vocabulary may be the checkpoint's
+        model = meta_model(bound, (state.get("meta") or {}).get("vocab_size"))
+    if model is not None:
+        check_resume(state, chosen.resume, model, resolved)
     iteration = int(state["iteration"])
     max_iterations = bound["training"].max_iterations
     return Preflight(chosen, iteration, complete=iteration >= max_iterations)

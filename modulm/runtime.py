@@ -149,6 +149,47 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def cpu_memory() -> tuple[int, int] | None:
+    """This machine's RAM and swap in bytes (``/proc/meminfo``; RAM alone from ``sysconf`` elsewhere),
+    or None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as info:
+            fields = dict(line.split(":", 1) for line in info if ":" in line)
+        return int(fields["MemTotal"].split()[0]) * 1024, int(fields.get("SwapTotal", "0 kB").split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), 0
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The memory one process's tensors can use at most on ``device``: RAM + swap for the CPU, the
+    GPU's memory for CUDA; None where it cannot be read (MPS, others)."""
+    if device.type == "cpu":
+        memory = cpu_memory()
+        return sum(memory) if memory else None
+    if device.type == "cuda":
+        try:
+            return torch.cuda.get_device_properties(device).total_memory
+        except (RuntimeError, AssertionError):
+            return None
+    return None
+
+
+def device_memory(device: torch.device) -> str:
+    """The device and its memory in words: ``"cpu with 23.43 GiB of RAM"`` (and swap where there is
+    some), ``"cuda:0 with 79.19 GiB"``, or the device alone where it cannot be read."""
+    from modulm.errors import human_bytes
+
+    if device.type == "cpu" and (memory := cpu_memory()):
+        ram, swap = memory
+        return f"cpu with {human_bytes(ram)} of RAM" + (f" and {human_bytes(swap)} of swap" if swap else "")
+    total = device_memory_bytes(device)
+    return f"{device} with {human_bytes(total)}" if total else str(device)
+
+
 def resolve_threads(threads: Any) -> int | None:
     """``system.threads``: None keeps torch's choice, ``"auto"`` means the physical cores, or an int >= 1."""
     if threads is None:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import modulm
 from modulm.cli._common import IntermixedParser
-from modulm.errors import ModulmError, RecipeError
+from modulm.errors import ModulmError, RecipeError, allocation_size, is_out_of_memory
 
 EXIT_USER_ERROR = 2
 
@@ -103,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug or not exc.filename:
             raise
         print(f"modulm: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (MemoryError, RuntimeError) as exc:  # outside training (which names its settings): a build, a tokenizer
+        if args.debug or not is_out_of_memory(exc):
+            raise
+        asked = allocation_size(exc)
+        print(f"modulm: error: {args.command}: out of memory{f' (could not allocate {asked})' if asked else ''}; "
+              "see docs/troubleshooting.md#out-of-memory for the settings that make it smaller", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("modulm: interrupted", file=sys.stderr)

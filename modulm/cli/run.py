@@ -44,7 +44,7 @@ def run(args) -> int:
     pm = plugin_manager(args)
     recipe = load_recipe(args.recipe, overrides)
     # Before any data is prepared or the run directory touched: recipe, run directory, checkpoint, extras.
-    checked = preflight.before_build(recipe, pm.registry)
+    checked = preflight.before_build(recipe, pm.registry, args.nproc)
     if checked.complete:
         max_iterations = validate(recipe, pm.registry)["training"].max_iterations
         print(preflight.complete_message(checked.plan.run_dir, checked.iteration, max_iterations, checked.plan.resume))

@@ -1,0 +1,222 @@
+"""Running out of memory: refused before anything is written where the training state alone cannot
+fit, and one line naming the step and the settings to change where an allocation fails later."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modulm import preflight
+from modulm.errors import OutOfMemory, allocation_size, human_bytes, is_out_of_memory
+from modulm.recipe import recipe_from_dict, validate
+from tests.runkit import cli, one_error_line, snapshot, tiny_recipe, write_recipe
+
+UNAVAILABLE = 2**50  # bytes: 1 PiB, more than any address space lets a process map, so it fails at once
+
+
+def _cpu_allocation_failure() -> RuntimeError:
+    try:
+        torch.empty(UNAVAILABLE, dtype=torch.uint8)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("a 1 PiB allocation succeeded")
+
+
+def _numpy_allocation_failure() -> MemoryError:
+    try:
+        np.empty(UNAVAILABLE, dtype=np.uint8)
+    except MemoryError as exc:
+        return exc
+    raise AssertionError("a 1 PiB allocation succeeded")
+
+
+def test_real_allocation_failures_are_recognised_with_their_size():
+    for exc in (_cpu_allocation_failure(), _numpy_allocation_failure()):
+        assert is_out_of_memory(exc)
+        assert allocation_size(exc) == "1.00 PiB"
+    cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 79.19 GiB")
+    assert is_out_of_memory(cuda) and allocation_size(cuda) == "2.50 GiB"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"),
+                                 ValueError("out of memory"), KeyError("memory")])
+def test_other_errors_are_not_out_of_memory(exc):
+    assert not is_out_of_memory(exc)
+    assert allocation_size(exc) is None
+
+
+@given(st.integers(min_value=0, max_value=2**62))
+def test_human_bytes_states_the_size_to_its_three_digits(count):
+    text = human_bytes(count)
+    if count < 1024:
+        assert text == f"{count} bytes"
+        return
+    value, unit = text.split()
+    power = ("KiB", "MiB", "GiB", "TiB", "PiB").index(unit) + 1
+    assert 1 <= float(value) < 1024 or unit == "PiB"
+    assert math.isclose(float(value) * 1024**power, count, rel_tol=0.006 / max(float(value), 1))
+
+
+def _fail_at(monkeypatch, iteration: int | None = None, evaluating: bool = False):
+    """Make the transformer's forward fail to allocate (a real 1 PiB request) at its ``iteration``-th
+    training call, or at its first evaluation call."""
+    from modulm_transformer.model import TransformerLM
+
+    forward, calls = TransformerLM.forward, {"train": 0}
+
+    def failing(self, *args, **kwargs):
+        if self.training and iteration is not None:
+            calls["train"] += 1
+            if calls["train"] > iteration:
+                torch.empty(UNAVAILABLE, dtype=torch.uint8)
+        if not self.training and evaluating:
+            torch.empty(UNAVAILABLE, dtype=torch.uint8)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformerLM, "forward", failing)
+
+
+def test_a_failed_allocation_in_a_step_is_one_line_naming_the_iteration_and_the_settings(tmp_path, capsys, monkeypatch):
+    _fail_at(monkeypatch, iteration=3)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 6, "max_iterations": 8},
+                                              checkpointing={"checkpoint_interval": 0}, logging={"eval_interval": 0}))
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    line = one_error_line([e for e in err if e.startswith("modulm: error")],
+                          "out of memory at iteration 3 (a training step): could not allocate 1.00 PiB on cpu",
+                          "a micro-batch is 6 x 16 tokens", "training.grad_accum_steps=2 (micro-batches of 3",
+                          "training.batch_size", "model.context_length")
+    assert line.removeprefix("modulm: error: ") in (tmp_path / "run" / "training.log").read_text()
+
+
+def test_the_same_command_with_the_fix_resumes_from_the_last_checkpoint(tmp_path, capsys, monkeypatch):
+    _fail_at(monkeypatch, iteration=3)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))  # a checkpoint every 2 iterations
+    code, _, _ = cli(capsys, "run", path)
+    assert code == 2 and (tmp_path / "run" / "checkpoint_2.pt").exists()
+    monkeypatch.undo()
+    code, out, err = cli(capsys, "run", path, "training.grad_accum_steps=2")
+    assert code == 0, err
+    assert "at iteration 2" in out and (tmp_path / "run" / "final_checkpoint.pt").exists()
+
+
+def test_the_suggested_accumulation_divides_the_batch(tmp_path, capsys, monkeypatch):
+    _fail_at(monkeypatch, iteration=0)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 9, "grad_accum_steps": 3}))
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    one_error_line([e for e in err if e.startswith("modulm: error")], "a micro-batch is 3 x 16 tokens",
+                   "training.grad_accum_steps=9 (micro-batches of 1;")
+
+
+def test_a_micro_batch_of_one_suggests_no_accumulation(tmp_path, capsys, monkeypatch):
+    _fail_at(monkeypatch, iteration=0)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 1}))
+    code, _, err = cli(capsys, "run", path)
+    line = one_error_line([e for e in err if e.startswith("modulm: error")], "Try a smaller training.batch_size")
+    assert code == 2 and "grad_accum_steps" not in line
+
+
+def test_a_failed_allocation_in_evaluation_says_so(tmp_path, capsys, monkeypatch):
+    _fail_at(monkeypatch, evaluating=True)
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    one_error_line([e for e in err if e.startswith("modulm: error")], "out of memory at iteration 2 (evaluation)")
+
+
+def test_other_runtime_errors_still_raise(tmp_path, capsys, monkeypatch):
+    from modulm_transformer.model import TransformerLM
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug, not an allocation")
+
+    monkeypatch.setattr(TransformerLM, "forward", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli(capsys, "run", write_recipe(tmp_path, tiny_recipe(tmp_path)))
+
+
+def test_a_batch_too_large_to_sample_fails_in_one_line_end_to_end(tmp_path, capsys):
+    """No injection: 2^47 sequences' start offsets are themselves a 1 PiB allocation."""
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 2**47}))
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    one_error_line([e for e in err if e.startswith("modulm: error")], "out of memory at iteration 0",
+                   "could not allocate")
+
+
+def test_out_of_memory_outside_training_is_one_line(tmp_path, capsys, monkeypatch):
+    from modulm.cli import validate as validate_command
+
+    def exhausted(args):
+        torch.empty(UNAVAILABLE, dtype=torch.uint8)
+
+    monkeypatch.setattr(validate_command, "run", exhausted)
+    code, _, err = cli(capsys, "validate", tmp_path / "x.toml")
+    assert code == 2
+    one_error_line(err, "validate: out of memory (could not allocate 1.00 PiB)", "troubleshooting.md#out-of-memory")
+
+
+# -- before the run: the training state -----------------------------------------------------------
+
+def test_a_model_whose_training_state_cannot_fit_is_refused_before_anything_is_written(tmp_path, capsys):
+    """d_model 2^20: 4 x 2^40 attention weights in the one layer, 16 TiB of float32 parameters, as much
+    again of gradients and twice that of AdamW state: more than any machine's memory."""
+    recipe = tiny_recipe(tmp_path, model={"d_model": 2**20, "num_heads": 1})
+    path = write_recipe(tmp_path, recipe)
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    line = one_error_line(err, "model: training it needs", "before any activation", "parameters 16.00 TiB", "gradients 16.00 TiB",
+                          "optimizer state 32.00 TiB", "more than cpu with", "model.d_model", "modulm info RECIPE")
+    assert "needs 64.00 TiB" in line
+    assert snapshot(tmp_path) == before
+
+
+def _bound(tmp_path):
+    recipe = recipe_from_dict(tiny_recipe(tmp_path))
+    from modulm import plugins
+
+    bound = validate(recipe, plugins.load().registry)
+    return bound, preflight.meta_model(bound, 64)
+
+
+def _training_state_bytes(model) -> int:
+    elements = sum(p.numel() for p in model.parameters())
+    return elements * 4 * 4  # float32 parameters, gradients and AdamW's two moments
+
+
+def test_the_limit_is_the_training_state_and_processes_on_one_cpu_share_it(tmp_path, monkeypatch):
+    from modulm import runtime
+
+    bound, model = _bound(tmp_path)
+    state = _training_state_bytes(model)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state)
+    preflight.check_training_memory(bound, model)  # exactly fits
+    with pytest.raises(OutOfMemory, match=r"x 2 processes\), more than cpu"):
+        preflight.check_training_memory(bound, model, nproc=2)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state - 1)
+    with pytest.raises(OutOfMemory, match="model: training it needs"):
+        preflight.check_training_memory(bound, model)
+
+
+def test_an_unknown_device_memory_skips_the_check(tmp_path, monkeypatch):
+    from modulm import runtime
+
+    bound, model = _bound(tmp_path)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: None)
+    preflight.check_training_memory(bound, model)
+
+
+def test_the_cpu_memory_is_read():
+    from modulm.runtime import cpu_memory, device_memory, device_memory_bytes
+
+    ram, swap = cpu_memory()
+    assert ram > 2**28 and swap >= 0
+    assert device_memory_bytes(torch.device("cpu")) == ram + swap
+    assert device_memory(torch.device("cpu")).startswith(f"cpu with {human_bytes(ram)} of RAM")
