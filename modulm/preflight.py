@@ -3,10 +3,10 @@
 A run that fails preflight leaves the file system exactly as it was. The checks, in order:
 
 * the recipe (:func:`modulm.recipe.validate`);
-* the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
-  and writable (probed with a file removed at once), and what starting there means;
 * the training state's memory (:func:`check_training_memory`): parameters, gradients and optimizer
   state of the model built on the meta device, against the device's memory;
+* the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
+  and writable (probed with a file removed at once), and what starting there means;
 * the checkpoint to resume (:func:`modulm.checkpoint.read_checkpoint`): readable, a modulm
   checkpoint, tensors of the shapes this recipe builds. A recipe that differs from the one stored in
   the checkpoint is named key by key: refused when the model's tensors no longer fit, a one-line
