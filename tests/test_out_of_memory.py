@@ -19,24 +19,18 @@ from tests.runkit import cli, one_error_line, snapshot, tiny_recipe, write_recip
 UNAVAILABLE = 2**50  # bytes: 1 PiB, more than any address space lets a process map, so it fails at once
 
 
-def _cpu_allocation_failure() -> RuntimeError:
+def _allocation_failure(allocate) -> BaseException:
+    """The error a real 1 PiB request raises (``allocate(nbytes)``)."""
     try:
-        torch.empty(UNAVAILABLE, dtype=torch.uint8)
-    except RuntimeError as exc:
-        return exc
-    raise AssertionError("a 1 PiB allocation succeeded")
-
-
-def _numpy_allocation_failure() -> MemoryError:
-    try:
-        np.empty(UNAVAILABLE, dtype=np.uint8)
-    except MemoryError as exc:
+        allocate(UNAVAILABLE)
+    except (RuntimeError, MemoryError) as exc:
         return exc
     raise AssertionError("a 1 PiB allocation succeeded")
 
 
 def test_real_allocation_failures_are_recognised_with_their_size():
-    for exc in (_cpu_allocation_failure(), _numpy_allocation_failure()):
+    for exc in (_allocation_failure(lambda n: torch.empty(n, dtype=torch.uint8)),
+                _allocation_failure(lambda n: np.empty(n, dtype=np.uint8))):
         assert is_out_of_memory(exc)
         assert allocation_size(exc) == "1.00 PiB"
     cuda = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 79.19 GiB")
