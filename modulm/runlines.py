@@ -1,7 +1,9 @@
-"""The trainer's text for people: the start lines before the first step and the next steps at the end."""
+"""The trainer's text for people: the start lines before the first step, the next steps at the end,
+and the line for running out of memory."""
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,3 +67,28 @@ def next_steps(run_dir: Path, prompt: str) -> list[str]:
         lines.append(f"  modulm plot {shlex.quote(str(run_dir))} --out {shlex.quote(str(run_dir / 'loss.png'))}")
     lines.append(f"  modulm export {final} {shlex.quote(str(run_dir / 'export'))}")
     return lines
+
+
+def out_of_memory_line(trainer: "Trainer", exc: BaseException) -> str:
+    """The error line for an allocation that failed during a run: where, how much, and the settings that shrink it."""
+    from modulm.errors import allocation_size
+    from modulm.runtime import device_memory
+
+    asked = allocation_size(exc)
+    what = f"could not allocate {asked}" if asked else "an allocation failed"
+    batch, accum, micro = trainer.training.batch_size, trainer.training.grad_accum_steps, trainer.micro_batch
+    factor = _smallest_factor(micro)  # the next finer split of each micro-batch
+    fixes = ([f"training.grad_accum_steps={accum * factor} (micro-batches of {micro // factor}; the same training)"]
+             if factor else [])
+    fixes.append("a smaller training.batch_size or model.context_length")
+    return (f"out of memory at iteration {trainer.iteration} ({trainer.doing}): {what} on {device_memory(trainer.device)}; "
+            f"a micro-batch is {trainer.micro_batch} x {trainer.context_length} tokens. Try {', or '.join(fixes)} "
+            "(docs/troubleshooting.md#out-of-memory)")
+
+
+def _smallest_factor(n: int, search: int = 1 << 20) -> int | None:
+    """The smallest factor of ``n`` above 1 (``n`` itself where none is found up to ``search``);
+    None for 1."""
+    if n < 2:
+        return None
+    return next((f for f in range(2, min(math.isqrt(n), search) + 1) if n % f == 0), n)

@@ -28,12 +28,12 @@ import torch
 import modulm
 from modulm import distributed, preflight, rundir, runlines
 from modulm.checkpoint import rng_state, set_rng_state, unwrap
-from modulm.errors import ModulmError, OutOfMemory, allocation_size, is_out_of_memory
+from modulm.errors import ModulmError, OutOfMemory, is_out_of_memory
 from modulm.evaluate import EvalResult, evaluate, full_windows, model_loss, sampled_windows
 from modulm.fileio import atomic_directory, atomic_write_text
 from modulm.functional.grad import clip_gradients
 from modulm.kinds import takes_targets
-from modulm.runtime import autocast, configure, device_memory, grad_scaler, resolve_device
+from modulm.runtime import autocast, configure, grad_scaler, resolve_device
 from modulm.strategy import strategy
 from modulm.tomlwrite import dumps
 
@@ -88,7 +88,7 @@ class Trainer:
         self.loggers: list[Any] = []
         self._stop_signal: str | None = None
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # steps not yet read back
-        self._doing = "starting"  # what the run is doing, for an out-of-memory message
+        self.doing = "starting"  # what the run is doing, for an out-of-memory message
 
     # -- set-up -------------------------------------------------------------------------------
     def _autocast(self):
@@ -160,7 +160,7 @@ class Trainer:
         given, else looked up. A failing write stops the run with one line naming the file and the
         cause; the previous checkpoints stay as they were and no partial file is left.
         """
-        self._doing = "saving a checkpoint"
+        self.doing = "saving a checkpoint"
         if loss is None:
             loss = self._last_loss()
         per_rank = {}
@@ -201,7 +201,7 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------------------
     def _evaluate(self, full: bool) -> EvalResult | None:
-        self._doing = "evaluation"
+        self.doing = "evaluation"
         if "val" not in getattr(self.data, "splits", ()):
             return None
         tokens = self.data.tokens("val")
@@ -300,7 +300,7 @@ class Trainer:
             window_start, window_steps, boundary = time.perf_counter(), 0, True
             while self.iteration < last_stop and not self._stop_requested(boundary):
                 step, step_start = self.iteration, time.perf_counter()
-                self._doing = "a training step"
+                self.doing = "a training step"
                 self._pending.append((step, *self._step()))
                 self.iteration += 1
                 self.tokens_seen += tokens_per_step
@@ -359,7 +359,7 @@ class Trainer:
         except (MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            message = self._out_of_memory(exc)
+            message = runlines.out_of_memory_line(self, exc)
             self._log_error(message)
             raise OutOfMemory(message) from None
         finally:
@@ -368,18 +368,6 @@ class Trainer:
             for logger in self.loggers:
                 with contextlib.suppress(OSError):  # a full disk was reported above
                     logger.close()
-
-    def _out_of_memory(self, exc: BaseException) -> str:
-        """One line for an allocation that failed: where, how much, and the settings that shrink it."""
-        asked = allocation_size(exc)
-        what = f"could not allocate {asked}" if asked else "an allocation failed"
-        batch, accum = self.training.batch_size, self.training.grad_accum_steps
-        finer = next((k for k in range(accum + 1, batch + 1) if batch % k == 0), None)
-        fixes = [f"training.grad_accum_steps={finer} (micro-batches of {batch // finer}; the same training)"] if finer else []
-        fixes.append("a smaller training.batch_size or model.context_length")
-        return (f"out of memory at iteration {self.iteration} ({self._doing}): {what} on {device_memory(self.device)}; "
-                f"a micro-batch is {self.micro_batch} x {self.context_length} tokens. Try {', or '.join(fixes)} "
-                "(docs/troubleshooting.md#out-of-memory)")
 
     def _log_error(self, text: str) -> None:
         with contextlib.suppress(OSError):  # the log itself may be what cannot be written
@@ -398,7 +386,7 @@ class Trainer:
     def _sample(self) -> str:
         from modulm.sampling import generate
 
-        self._doing = "sampling"
+        self.doing = "sampling"
         gen = self.a.generation
         tokenizer = getattr(self.data, "tokenizer", None)
         if tokenizer is None or gen.max_tokens <= 0:
