@@ -176,33 +176,23 @@ def meta_model(bound: Mapping[str, Any], vocab_size: Any) -> Any:
 
 def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) -> None:
     """Refuse a run whose training state alone, the parameters, their gradients and the optimizer's
-    state (what ``modulm info`` prints), is more than its device's memory: RAM and swap for a CPU
+    state where it can be sized on the meta device (what ``modulm info`` prints), is more than its device's memory: RAM and swap for a CPU
     (times the processes the run starts on it), the GPU's memory on CUDA. Activations come on top,
     so a run that passes can still run out of memory; one that fails cannot fit."""
     import os
 
-    import torch
-
     from modulm.errors import OutOfMemory, human_bytes
     from modulm.runtime import device_memory, device_memory_bytes, resolve_device
-    from modulm.strategy import memory_per_process, optimizer_bytes_per_element
+    from modulm.strategy import training_state_memory
 
-    try:
-        device = resolve_device(bound["system"].device)
-        with torch.device("meta"):
-            optimizer = bound["optimizer"](params=list(model.named_parameters()))
-        optimizer_bytes = optimizer_bytes_per_element(optimizer)
-    except ModulmError:
-        raise
-    except Exception:  # an optimizer that cannot be built on the meta device: the run finds out itself
-        return
+    device = resolve_device(bound["system"].device)
     limit = device_memory_bytes(device)
     if limit is None:
         return
     world = nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
     local = nproc if nproc > 1 else int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     sharded = world > 1 and getattr(bound.get("distributed"), "strategy", None) == "fsdp"
-    use = memory_per_process(model, optimizer_bytes, sharded, world)
+    use = training_state_memory(model, bound["optimizer"], sharded, world)
     processes = local if device.type == "cpu" else 1  # a CPU's processes share its memory
     needed = use.total * processes
     if needed <= limit:

@@ -28,7 +28,7 @@ import torch
 
 from modulm import distributed, rundir, sharded_checkpoint
 from modulm.checkpoint import FORMAT_VERSION, save_checkpoint, unwrap
-from modulm.errors import ModulmError
+from modulm.errors import ModulmError, human_bytes
 from modulm.fileio import atomic_write
 from modulm.runtime import native_bf16, resolve_device, resolve_precision
 
@@ -59,17 +59,10 @@ class MemoryUse:
         return self.parameters + self.gradients + (self.optimizer or 0)
 
     def line(self, strategy_name: str, world_size: int) -> str:
-        optimizer = _bytes(self.optimizer) if self.optimizer is not None else "unknown"
+        optimizer = human_bytes(self.optimizer) if self.optimizer is not None else "unknown"
         return (f"Memory per process ({strategy_name}, {world_size} process{'es' if world_size > 1 else ''}): "
-                f"parameters {_bytes(self.parameters)} + gradients {_bytes(self.gradients)} + optimizer state "
-                f"{optimizer} = {_bytes(self.total)}")
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n:,.0f} B"
+                f"parameters {human_bytes(self.parameters)} + gradients {human_bytes(self.gradients)} + optimizer "
+                f"state {optimizer} = {human_bytes(self.total)}")
 
 
 def optimizer_bytes_per_element(optimizer: torch.optim.Optimizer) -> float | None:
@@ -103,6 +96,22 @@ def memory_per_process(model: torch.nn.Module, optimizer_bytes: float | None, sh
         parameters += numel * p.element_size()
     optimizer = round(elements * optimizer_bytes) if optimizer_bytes is not None else None
     return MemoryUse(parameters, parameters, optimizer)
+
+
+def training_state_memory(model: torch.nn.Module, optimizer_factory: Any, sharded: bool,
+                          world_size: int) -> MemoryUse:
+    """:func:`memory_per_process` for ``model`` (on the meta device) trained by the optimizer
+    ``optimizer_factory(params=...)`` builds; its state is probed on meta (nothing is allocated)
+    and is None in the result when the optimizer cannot be built or stepped there."""
+    try:
+        with torch.device("meta"):
+            optimizer = optimizer_factory(params=list(model.named_parameters()))
+        optimizer_bytes = optimizer_bytes_per_element(optimizer)
+    except ModulmError:
+        raise
+    except Exception:  # an optimizer that cannot be built on the meta device
+        optimizer_bytes = None
+    return memory_per_process(model, optimizer_bytes, sharded, world_size)
 
 
 def bf16_native(device: torch.device) -> bool:

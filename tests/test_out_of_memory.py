@@ -199,6 +199,26 @@ def test_the_limit_is_the_training_state_and_processes_on_one_cpu_share_it(tmp_p
         preflight.check_training_memory(bound, model)
 
 
+def test_an_optimizer_that_cannot_be_sized_still_leaves_parameters_and_gradients_checked(tmp_path, monkeypatch):
+    from modulm import runtime
+    from modulm.strategy import training_state_memory
+
+    def unsized(params):
+        raise NotImplementedError("this optimizer cannot be built on the meta device")
+
+    bound, model = _bound(tmp_path)
+    bound = {**bound, "optimizer": unsized}
+    use = training_state_memory(model, unsized, sharded=False, world_size=1)
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    assert (use.parameters, use.gradients, use.optimizer, use.total) == (weights, weights, None, 2 * weights)
+    assert use.line("single process", 1).endswith(f"optimizer state unknown = {human_bytes(2 * weights)}")
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights)
+    preflight.check_training_memory(bound, model)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights - 1)
+    with pytest.raises(OutOfMemory, match=r"\(parameters [^)]* \+ gradients [^+)]*\), more than cpu"):
+        preflight.check_training_memory(bound, model)
+
+
 def test_an_unknown_device_memory_skips_the_check(tmp_path, monkeypatch):
     from modulm import runtime
 

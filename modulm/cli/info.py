@@ -52,7 +52,7 @@ def run(args) -> int:
     from modulm.assemble import resolved_recipe
     from modulm.preflight import recipe_vocab_size
     from modulm.recipe import validate
-    from modulm.strategy import memory_per_process, optimizer_bytes_per_element
+    from modulm.strategy import training_state_memory
 
     if args.nproc < 1:
         raise ModulmError(f"--nproc must be >= 1, got {args.nproc}")
@@ -73,10 +73,8 @@ def run(args) -> int:
     else:
         total = sum(p.numel() for p in model.parameters())
         print(f"parameters: {total:,}")
-    with torch.device("meta"):
-        optimizer = bound["optimizer"](params=list(model.named_parameters()))
     name = bound["distributed"].strategy if args.nproc > 1 else "single process"
-    memory = memory_per_process(model, optimizer_bytes_per_element(optimizer), name == "fsdp", args.nproc)
+    memory = training_state_memory(model, bound["optimizer"], name == "fsdp", args.nproc)
     print(memory.line(name, args.nproc))
     return 0
 
