@@ -42,23 +42,32 @@ def read_curves(run: str | Path, x: str = "steps", name: str | None = None) -> C
     """The train and validation loss of a run against ``x`` (steps, time or tokens).
 
     A step logged twice (a resumed run repeats the steps after its last checkpoint) keeps its
-    latest value; non-finite losses are dropped.
+    latest value; non-finite losses are dropped, and so is a last line cut short (no newline: a run
+    killed mid-write). Any other line that is not a JSON object is a :class:`ModulmError`.
     """
     if x not in X_AXES:
         raise ModulmError(f"x axis {x!r}: choose one of {', '.join(X_AXES)}")
     path = metrics_path(run)
     key = X_AXES[x][0]
     by_step: dict[str, dict[int, tuple[float, float]]] = {"train": {}, "eval": {}}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ModulmError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            if number == len(lines):  # the unfinished last line
+                continue
             raise ModulmError(f"{path}:{number}: not a JSON object") from None
+        if not isinstance(record, dict):
+            raise ModulmError(f"{path}:{number}: not a JSON object")
         kind = record.get("event")
         loss = record.get("loss" if kind == "train" else "val_loss")
-        if kind not in by_step or not _finite(loss) or not _finite(record.get(key)) or "step" not in record:
+        if kind not in by_step or not _finite(loss) or not _finite(record.get(key)) or not _finite(record.get("step")):
             continue
         by_step[kind][int(record["step"])] = (float(record[key]), float(loss))
     curves = Curves(name or run_names([run])[0])
@@ -119,10 +128,26 @@ def plot_runs(runs: Sequence[str | Path], x: str = "steps", log: bool = False, t
     return figure
 
 
-def save_plot(figure, out: str | Path) -> Path:
-    """Write ``figure`` to ``out`` (format from the suffix, e.g. .png, .pdf, .svg)."""
+def check_plot_path(out: str | Path, option: str = "--out") -> Path:
+    """``out`` as a path a figure can be written to: in an existing directory, not a directory
+    itself, with a suffix matplotlib writes (.png, .pdf, .svg, ...); else a :class:`ModulmError`."""
+    require_matplotlib()
+    from matplotlib.backend_bases import FigureCanvasBase
+
     out = Path(out)
+    if out.is_dir():
+        raise ModulmError(f"{option} {out}: is a directory; give an image file such as {out / 'loss.png'}")
     if not out.parent.is_dir():
-        raise ModulmError(f"{out}: directory {out.parent} does not exist")
+        raise ModulmError(f"{option} {out}: directory {out.parent} does not exist")
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise ModulmError(f"{option} {out}: the suffix names the image format; choose one of "
+                          f"{', '.join('.' + f for f in formats)}")
+    return out
+
+
+def save_plot(figure, out: str | Path) -> Path:
+    """Write ``figure`` to ``out`` (checked by :func:`check_plot_path`)."""
+    out = check_plot_path(out)
     figure.savefig(out, dpi=120)
     return out

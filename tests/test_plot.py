@@ -100,6 +100,46 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert "metrics.jsonl:1: not a JSON object" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["plot", "compare"])
+@pytest.mark.parametrize("out,message", [("p.xyz", "the suffix names the image format; choose one of"),
+                                         ("p", "the suffix names the image format"),
+                                         ("folder", "is a directory; give an image file")])
+def test_an_image_path_matplotlib_cannot_write_is_refused_before_any_output(tmp_path, capsys, command, out, message):
+    run = write_run(tmp_path / "r", {0: 1.0}, {0: 1.5})
+    (tmp_path / "folder").mkdir()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    option = "--out" if command == "plot" else "--plot"
+    assert main([command, str(run), option, str(tmp_path / out)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"modulm: error: {option} ") and message in lines[0]
+    assert captured.out == ""  # compare prints no table before refusing
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_last_line_cut_short_is_skipped_and_a_line_that_is_not_an_object_is_an_error(tmp_path, capsys):
+    run = write_run(tmp_path / "r", {0: 3.0, 1: 2.0}, {1: 2.5})
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"event": "train", "step": 2, "lo')  # a run killed mid-write
+    assert read_curves(run).train == {0: 3.0, 1: 2.0} and read_curves(run).val == {1: 2.5}
+    for junk in ("[1, 2]", '"train"', "{cut"):
+        lines = (run / "metrics.jsonl").read_text().splitlines()[:3]
+        (run / "metrics.jsonl").write_text("\n".join(lines[:1] + [junk] + lines[1:]) + "\n")
+        assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 2
+        assert capsys.readouterr().err.strip() == f"modulm: error: {run / 'metrics.jsonl'}:2: not a JSON object"
+    (run / "metrics.jsonl").write_bytes(b'{"event": "train", "step": 0, "loss": 1.0}\n\xff\n')
+    assert main(["plot", str(run), "--out", str(tmp_path / "p.png")]) == 2
+    assert "metrics.jsonl: not UTF-8 text" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_step_that_is_not_a_number_is_dropped(tmp_path):
+    run = write_run(tmp_path / "r", {0: 3.0}, {})
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"event": "train", "step": "two", "loss": 2.0, "tokens": 20, "elapsed": 1.0}) + "\n")
+    assert read_curves(run).train == {0: 3.0}
+
+
 def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch):
     run = write_run(tmp_path / "r", {0: 1.0}, {})
     monkeypatch.setitem(sys.modules, "matplotlib", None)

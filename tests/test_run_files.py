@@ -247,3 +247,23 @@ def test_a_log_file_on_a_failing_disk_is_one_line(tmp_path, capsys, monkeypatch)
     code, _, err = cli(capsys, "run", write_recipe(tmp_path, tiny_recipe(tmp_path)))
     assert code == 2
     one_error_line(err, f"{tmp_path / 'run'}: cannot write: No space left on device")
+
+
+def test_metrics_after_a_record_cut_short_start_on_a_line_of_their_own(tmp_path):
+    """A run killed mid-write leaves a partial last record; the resumed run's records stay readable."""
+    import json
+
+    from modulm.sweep.runner import read_events
+    from modulm_loggers import JsonlLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"event": "train", "step": 0, "loss": 2.0}\n{"event": "train", "st')
+    logger = JsonlLogger(run_dir=tmp_path)
+    logger.log({"event": "train", "step": 1, "loss": 1.5})
+    logger.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[1] == '{"event": "train", "st' and json.loads(lines[2]) == {"event": "train", "step": 1, "loss": 1.5}
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write("[1, 2]\n")  # valid JSON, not an event
+    assert [e["step"] for e in read_events(tmp_path)] == [0, 1]
+    JsonlLogger(run_dir=tmp_path).close()  # a whole last line gets no blank line after it
+    assert (tmp_path / "metrics.jsonl").read_text().endswith("[1, 2]\n")

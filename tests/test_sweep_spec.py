@@ -98,10 +98,10 @@ def test_invalid_points_stop_the_sweep_before_any_run_naming_each(tmp_path, caps
         validate_points(load_sweep(path), registry)
     problems = info.value.problems
     assert any("point lr=fast,d_modle=32:" in p and "optimizer.lr: expected float" in p for p in problems)
-    assert any("point lr=1e-3,d_modle=32:" in p and "model.d_modle: unknown key" in p for p in problems)
+    assert any("point lr=1e-3,d_modle=32 (and 1 more):" in p and "model.d_modle: unknown key" in p for p in problems)
     assert main(["sweep", str(path), "--out", str(tmp_path / "sweeps")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("modulm: error: ") for line in err)
+    assert len(err) == 2 and all(line.startswith("modulm: error: ") for line in err)  # d_modle's problem once
     assert not (tmp_path / "sweeps").exists()
 
 
@@ -124,3 +124,23 @@ def test_search_without_optuna_says_how_to_install(tmp_path, capsys, monkeypatch
 
 def test_nan_and_zero_spelling():
     assert format_value(0.0) == "0" and math.isinf(float(format_value(math.inf)))
+
+
+@pytest.mark.parametrize("content, message", [("{cut", "not valid JSON"), (b"\xff\xfe", "not valid JSON"),
+                                              ("[1, 2]", "not a sweep's state"),
+                                              ('{"points": [1]}', "not a sweep's state")])
+def test_a_damaged_sweep_state_is_one_line_for_compare_and_a_rerun(tmp_path, capsys, content, message):
+    from types import SimpleNamespace
+
+    from modulm.sweep.runner import SweepState
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    state = sweep_dir / "sweep.json"
+    state.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["compare", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"modulm: error: {state}: {message}") and "\n" not in err
+    spec = SimpleNamespace(name="s", path=tmp_path / "s.toml", base=tmp_path / "base.toml")
+    with pytest.raises(ModulmError, match=f"{message}.*delete it to forget"):
+        SweepState(sweep_dir, spec)

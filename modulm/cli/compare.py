@@ -28,8 +28,11 @@ def register(subparsers) -> None:
 def run(args) -> int:
     import sys
 
+    from modulm.plot import check_plot_path
     from modulm.sweep.results import collect, plot, render, table
 
+    if args.plot:
+        check_plot_path(args.plot, "--plot")  # before the table is printed
     rows, differing = collect(args.runs)
     header, body = table(rows, differing, args.sort)
     sys.stdout.write(render(header, body, args.format))

@@ -18,8 +18,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from modulm.plot import plot_runs, save_plot
+    from modulm.plot import check_plot_path, plot_runs, save_plot
 
+    check_plot_path(args.out)  # before reading any run
     figure = plot_runs(args.runs, x=args.x, log=args.log, title=args.title)
     print(f"wrote {save_plot(figure, args.out)}")
     return 0

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from modulm.errors import ModulmError
-from modulm.plot import METRICS_FILE, X_AXES, read_curves, require_matplotlib
+from modulm.plot import METRICS_FILE, X_AXES, check_plot_path, read_curves, require_matplotlib
 from modulm.sweep.runner import STATE_FILE, read_events, run_finished
 from modulm.sweep.spec import flatten, format_value, short_names
 
@@ -77,9 +77,12 @@ def expand(paths: Sequence[str | Path]) -> list[tuple[Path, dict | None]]:
 
 def _sweep_points(sweep_dir: Path) -> dict[str, dict]:
     try:
-        return json.loads((sweep_dir / STATE_FILE).read_text(encoding="utf-8")).get("points", {})
-    except json.JSONDecodeError:
+        state = json.loads((sweep_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModulmError(f"{sweep_dir / STATE_FILE}: not valid JSON") from None
+    if not isinstance(state, dict) or not isinstance(state.get("points", {}), dict):
+        raise ModulmError(f"{sweep_dir / STATE_FILE}: not a sweep's state (a JSON object with a \"points\" object)")
+    return state.get("points", {})
 
 
 def read_row(run_dir: Path, record: dict | None) -> RunRow:
@@ -216,10 +219,8 @@ def legend(row: RunRow, differing: list[str]) -> str:
 
 def plot(rows: list[RunRow], differing: list[str], out: str | Path, x: str = "steps", log: bool = False,
          log_x: bool = False, title: str | None = None) -> Path:
-    """Write :func:`figure` to ``out`` (format from the suffix)."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise ModulmError(f"{out}: directory {out.parent} does not exist")
+    """Write :func:`figure` to ``out`` (checked by :func:`modulm.plot.check_plot_path`)."""
+    out = check_plot_path(out, "--plot")
     figure(rows, differing, x, log, log_x, title).savefig(out, dpi=120)
     return out
 

@@ -60,9 +60,11 @@ def read_events(run_dir: Path) -> list[dict]:
     events = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a kill
+        if isinstance(event, dict):
+            events.append(event)
     return events
 
 
@@ -86,10 +88,14 @@ class SweepState:
         self.path = sweep_dir / STATE_FILE
         self.data: dict[str, Any] = {"name": spec.name, "sweep_file": str(spec.path), "base": str(spec.base), "points": {}}
         if self.path.is_file():
+            forget = "delete it to forget the sweep's statuses"
             try:
-                self.data["points"] = json.loads(self.path.read_text(encoding="utf-8")).get("points", {})
-            except json.JSONDecodeError:
-                raise ModulmError(f"{self.path}: not valid JSON; delete it to forget the sweep's statuses") from None
+                state = json.loads(self.path.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ModulmError(f"{self.path}: not valid JSON; {forget}") from None
+            if not isinstance(state, dict) or not isinstance(state.get("points", {}), dict):
+                raise ModulmError(f"{self.path}: not a sweep's state (a JSON object with a \"points\" object); {forget}")
+            self.data["points"] = state.get("points", {})
 
     def point(self, run_id: str) -> dict[str, Any]:
         return self.data["points"].get(run_id, {})
@@ -151,7 +157,8 @@ class Child:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if event.get("event") == "eval" and event.get("scope") == "sampled" and "val_loss" in event:
+            if (isinstance(event, dict) and event.get("event") == "eval" and event.get("scope") == "sampled"
+                    and "val_loss" in event):
                 yield int(event["step"]), float(event["val_loss"])
 
     def finish(self, returncode: int) -> dict[str, Any]:

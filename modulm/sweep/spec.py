@@ -318,19 +318,22 @@ def validation_points(spec: SweepSpec) -> list[Point]:
 def validate_points(spec: SweepSpec, registry, overrides_for: Callable[[Point], list[str]] | None = None) -> None:
     """Load and validate every point's recipe; raise one RecipeError naming each failing point.
 
+    A problem shared by several points is one line naming the first (``point ID (and N more)``).
     ``overrides_for(point)`` gives the overrides a point's run gets (default: ``spec.override_strings``).
     """
     from modulm.recipe import load_recipe, validate
 
     if not spec.base.is_file():
         raise ModulmError(f"{spec.path}: base: recipe file {spec.base} not found")
-    problems: list[str] = []
+    points_with: dict[str, list[str]] = {}  # problem -> the points that have it, in order
     for point in validation_points(spec):
         try:
             validate(load_recipe(spec.base, (overrides_for or spec.override_strings)(point)), registry)
         except RecipeError as exc:
-            problems += [f"{spec.path}: point {point.run_id}: {problem}" for problem in exc.problems]
+            for problem in exc.problems:
+                points_with.setdefault(problem, []).append(point.run_id)
         except ModulmError as exc:
-            problems.append(f"{spec.path}: point {point.run_id}: {exc}")
-    if problems:
-        raise RecipeError(problems)
+            points_with.setdefault(str(exc), []).append(point.run_id)
+    if points_with:
+        raise RecipeError([f"{spec.path}: point {ids[0]}{f' (and {len(ids) - 1} more)' if len(ids) > 1 else ''}: "
+                           f"{problem}" for problem, ids in points_with.items()])

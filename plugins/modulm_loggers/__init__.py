@@ -87,6 +87,8 @@ class JsonlLogger:
     def __init__(self, filename: Annotated[str, MinLen(1)] = "metrics.jsonl", *, run_dir: Path):
         self.path = Path(run_dir) / filename
         self._file = self.path.open("a", encoding="utf-8")
+        if self._file.tell() and not _ends_with_newline(self.path):
+            self._file.write("\n")  # a record cut short by a kill keeps to its own line
 
     def log(self, event: Mapping[str, Any]) -> None:
         if self._file.closed or event.get("event") not in self.EVENTS:
@@ -98,6 +100,12 @@ class JsonlLogger:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
 
 
 @hookimpl
