@@ -96,9 +96,14 @@ def export(registry, checkpoint: str | Path, out_dir: str | Path, format: str | 
 
 
 def prepare_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` created if missing; an error if it is a file."""
+    """``out_dir`` created if missing; an error if it is a file or a run directory (an export
+    there would mix its files with the run's, and may replace some)."""
+    from modulm.rundir import holds_a_run
+
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ModulmError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and holds_a_run(out_dir):
+        raise ModulmError(f"{out_dir}: is a run directory; export into a directory of its own, e.g. {out_dir / 'export'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir

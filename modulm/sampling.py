@@ -7,6 +7,7 @@ token costs one position of compute); :func:`generate` wraps it with a tokenizer
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
@@ -22,8 +23,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1
     with ``top_p < 1`` only the smallest set of most likely tokens whose mass reaches ``top_p`` is
     kept and renormalised before sampling.
     """
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if not (math.isfinite(temperature) and temperature >= 0) or not 0 < top_p <= 1:
+        raise ValueError(f"need a finite temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)

@@ -30,6 +30,22 @@ def test_train_writes_a_loadable_tokenizer_and_a_summary(corpus, tmp_path, capsy
     assert tokenizer.vocab_size == 400 and tokenizer.special_tokens == [EOT]
 
 
+def test_a_text_too_small_for_the_vocabulary_warns_and_an_empty_one_is_refused(tmp_path, capsys):
+    (tmp_path / "small.txt").write_text("abab abab", encoding="utf-8")
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "small.txt"), "--vocab-size", "300",
+                 "--out", str(tmp_path / "tok"), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    vocab = Tokenizer.load(tmp_path / "tok").vocab_size
+    assert 256 < vocab < 300 and f"vocab size {vocab} " in captured.out
+    assert captured.err.strip() == (f"modulm: warning: {vocab} tokens, fewer than --vocab-size 300: the input has no "
+                                    "more pairs of tokens to merge")
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["tokenizer", "train", "--input", str(tmp_path / "empty.txt"), "--vocab-size", "300",
+                 "--out", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"modulm: error: {tmp_path / 'empty.txt'}: no text to train on (the input is empty)"
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.fixture
 def saved(corpus, tmp_path, capsys):
     out = tmp_path / "tok"

@@ -31,6 +31,16 @@ def test_plugins_lists_every_kind_and_builtin(capsys):
     assert "  [training]\n      batch_size: int (>= 1) = 32" in out and "(rule: schedule.min_lr is at most optimizer.lr.)" in out
 
 
+def test_plugins_names_the_kinds_when_asked_for_an_unknown_one(capsys):
+    assert main(["plugins", "--kind", "modle"]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out
+    assert captured.err.strip() == f"modulm: error: --kind 'modle': not a component kind; choose one of {', '.join(KINDS)}"
+    assert main(["plugins", "--kind", "ffn"]) == 0
+    out = capsys.readouterr().out
+    assert "\nffn:\n" in out and "\nmodel:\n" not in out
+
+
 def test_validate_reports_both_problems_with_file_path_and_hint(tmp_path, capsys):
     recipe = tmp_path / "bad.toml"
     recipe.write_text('[data]\ncomponent = "memmap"\ntrain = "x.npy"\nvocab_size = 10\n'

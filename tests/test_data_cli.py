@@ -46,6 +46,12 @@ def test_dummy_uses_uint32_for_large_vocabularies(tmp_path):
     assert np.load(make_dummy(tmp_path / "d.npy", 10, 70_000)).dtype == np.uint32
 
 
+def test_dummy_ids_past_uint32_are_kept_whole(tmp_path):
+    """A vocabulary past 2^32 ids is stored as int64, not wrapped modulo 2^32 in uint32."""
+    ids = np.load(make_dummy(tmp_path / "d.npy", 200, 2**40))
+    assert ids.dtype == np.int64 and ids.max() >= 2**32 and ids.min() >= 0 and ids.max() < 2**40
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -108,6 +114,16 @@ def test_split_bad_input(tmp_path, capsys, input_values, argv, message):
     assert_user_error(capsys, tmp_path, args + argv, message)
 
 
+@pytest.mark.parametrize("output", ["--train-output", "--val-output"])
+def test_split_refuses_to_overwrite_its_input(tmp_path, capsys, output):
+    np.save(tmp_path / "in.npy", np.arange(10, dtype=np.uint16))
+    before = (tmp_path / "in.npy").read_bytes()
+    outputs = {"--train-output": tmp_path / "a.npy", "--val-output": tmp_path / "b.npy", output: tmp_path / "in.npy"}
+    args = ["split", "--input", tmp_path / "in.npy", *[str(a) for pair in outputs.items() for a in pair]]
+    assert_user_error(capsys, tmp_path, args, "in.npy: the output would overwrite the input file")
+    assert (tmp_path / "in.npy").read_bytes() == before
+
+
 def test_split_refuses_one_output_for_both(tmp_path, capsys):
     np.save(tmp_path / "in.npy", np.arange(10, dtype=np.uint16))
     args = ["split", "--input", tmp_path / "in.npy", "--train-output", tmp_path / "a.npy", "--val-output", tmp_path / "a.npy"]
@@ -144,6 +160,14 @@ def test_inspect_bad_input(tmp_path, capsys, make, argv, message):
         np.save(target, np.arange(4, dtype=np.uint16))
     argv = [str(a).format(d=tmp_path) for a in argv]
     assert_user_error(capsys, tmp_path, ["inspect", target, *argv], message)
+
+
+@given(st.integers(min_value=1, max_value=2**50))
+def test_auto_storage_dtype_is_the_smallest_that_holds_every_id(vocab_size):
+    chosen = storage_dtype(vocab_size)
+    candidates = [np.dtype(t) for t in (np.uint16, np.uint32, np.int64)]
+    assert np.iinfo(chosen).max >= vocab_size - 1
+    assert all(np.iinfo(t).max < vocab_size - 1 for t in candidates[: candidates.index(chosen)])
 
 
 def test_storage_dtype_refuses_a_too_small_dtype():

@@ -197,6 +197,21 @@ def test_text_source_holds_out_the_last_documents(tmp_path):
     assert any("last 0.1 of the documents (4 of 40)" in line for line in data.describe())
 
 
+def test_a_vocabulary_trained_short_of_its_target_is_reported(tmp_path, capsys):
+    path, _ = _corpus(tmp_path)
+    tokenizer = ByteTokenizer(trained=False)
+    tokenizer.target_vocab_size = 1000  # what a trainable tokenizer was asked for; training reaches 257
+    TextSource(str(path), tokenizer=tokenizer, cache_dir=tmp_path / "cache")
+    line = next(line for line in capsys.readouterr().err.splitlines() if "tokenizer trained" in line)
+    assert line.startswith("modulm: tokenizer trained: 257 tokens in ")
+    assert line.endswith(", fewer than data.tokenizer.vocab_size = 1,000: the training text has no more pairs of tokens to merge")
+    tokenizer = ByteTokenizer(trained=False)
+    tokenizer.target_vocab_size = 257
+    TextSource(str(path), tokenizer=tokenizer, cache_dir=tmp_path / "cache2")
+    line = next(line for line in capsys.readouterr().err.splitlines() if "tokenizer trained" in line)
+    assert line.endswith(" s")
+
+
 def test_text_source_prepares_once_and_reuses_the_cache(tmp_path, monkeypatch):
     path, _ = _corpus(tmp_path)
     first = TextSource(str(path), tokenizer=ByteTokenizer(trained=False), cache_dir=tmp_path / "cache")

@@ -98,6 +98,18 @@ def test_missing_safetensors_names_the_extra(registry, tmp_path, monkeypatch):
         transformer_export.export_safetensors(ckpt, tmp_path / "out")
 
 
+def test_an_export_into_a_run_directory_is_refused_before_writing(registry, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    write_checkpoint(run / "final_checkpoint.pt", registry, TINY)
+    (run / "recipe.toml").write_text("# the run's recipe\n")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    assert main(["export", str(run / "final_checkpoint.pt"), str(run), "--format", "safetensors"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"modulm: error: {run}: is a run directory; export into a directory of its own, e.g. {run / 'export'}"
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before
+
+
 def test_not_a_run_checkpoint_is_a_user_error(tmp_path, capsys):
     torch.save({"model": {}, "iteration": 0}, tmp_path / "bare.pt")
     assert main(["export", str(tmp_path / "bare.pt"), str(tmp_path / "out")]) == 2

@@ -174,6 +174,20 @@ def test_argparse_errors_are_one_line_exit_2(capsys, args, fragment):
     one_error_line(err, fragment)
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--temperature", "nan"], "--temperature must be finite and >= 0 (0 is greedy), got nan"),
+    (["--temperature", "inf"], "--temperature must be finite and >= 0 (0 is greedy), got inf"),
+    (["--temperature", "-1"], "--temperature must be finite and >= 0 (0 is greedy), got -1.0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1] (1 is off), got 0.0"),
+    (["--top-p", "nan"], "--top-p must be in (0, 1] (1 is off), got nan"),
+    (["--max-tokens", "-2"], "--max-tokens must be >= 0, got -2"),
+])
+def test_generate_settings_out_of_range_are_one_line_before_the_checkpoint_is_read(capsys, args, fragment):
+    code, out, err = cli(capsys, "generate", "no-such.pt", *args)
+    assert code == 2 and not out.strip()
+    one_error_line(err, fragment)
+
+
 def test_a_disk_error_outside_a_save_is_one_line(tmp_path, capsys, monkeypatch):
     from modulm.cli import validate as validate_command
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -50,8 +51,12 @@ def run(args) -> int:
     from modulm.sampling import generate
     from modulm.runtime import resolve_device
 
-    if args.max_tokens < 0 or args.temperature < 0 or not 0 < args.top_p <= 1:
-        raise ModulmError("need --max-tokens >= 0, --temperature >= 0 and 0 < --top-p <= 1")
+    if args.max_tokens < 0:
+        raise ModulmError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ModulmError(f"--temperature must be finite and >= 0 (0 is greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise ModulmError(f"--top-p must be in (0, 1] (1 is off), got {args.top_p}")
     pm = plugin_manager(args)
     model, tokenizer = load_model_and_tokenizer(args.checkpoint, pm.registry, args.tokenizer)
     model.to(resolve_device(args.device))

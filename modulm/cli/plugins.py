@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from modulm.cli._common import plugin_manager
+from modulm.errors import ModulmError
 from modulm.schema import REQUIRED, first_line, schema_of
 from modulm.settings import recipe_schema
 
@@ -24,6 +25,8 @@ def _default(value) -> str:
 def run(args) -> int:
     pm = plugin_manager(args)
     registry = pm.registry
+    if args.kind and args.kind not in registry.kinds:
+        raise ModulmError(f"--kind {args.kind!r}: not a component kind; choose one of {', '.join(registry.kinds)}")
     print("plugins:")
     for plugin in sorted(pm.get_plugins(), key=lambda p: pm.get_name(p) or ""):
         name = pm.get_name(plugin)

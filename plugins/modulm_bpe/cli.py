@@ -57,6 +57,7 @@ def run_train(args) -> int:
     import tempfile
     import time
 
+    from modulm.errors import ModulmError
     from modulm.fileio import plain_copy
     from modulm_bpe import Tokenizer, train_bpe
     from modulm_bpe.corpus import check_inputs
@@ -64,6 +65,8 @@ def run_train(args) -> int:
     check_inputs(args.input)  # every named file exists, before anything is decompressed or written
     with tempfile.TemporaryDirectory(prefix="modulm-bpe-") as scratch:
         inputs = [plain_copy(Path(path), Path(scratch)) for path in args.input]
+        if not any(os.path.getsize(p) for p in inputs):
+            raise ModulmError(f"{', '.join(args.input)}: no text to train on (the input is empty)")
         started = time.perf_counter()
         vocab, merges = train_bpe(inputs, args.vocab_size, args.special_tokens,
                                   num_workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
@@ -75,6 +78,9 @@ def run_train(args) -> int:
         print(f"trained in {elapsed:.2f} s on {len(inputs)} file(s), {total_bytes / 1e6:.2f} MB "
               f"({total_bytes / 1e6 / max(elapsed, 1e-9):.2f} MB/s)")
         print(f"vocab size {len(vocab)} (special tokens {len(args.special_tokens)}, bytes 256, merges {len(merges)})")
+        if len(vocab) < args.vocab_size:
+            print(f"modulm: warning: {len(vocab)} tokens, fewer than --vocab-size {args.vocab_size}: the input has "
+                  "no more pairs of tokens to merge", file=sys.stderr)
         print(f"longest token {len(longest)} bytes: {longest.decode('utf-8', errors='replace')!r}")
         if args.sample_bytes > 0:
             sampled, tokens = _bytes_per_token(tokenizer, inputs, args.sample_bytes)

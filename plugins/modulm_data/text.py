@@ -96,6 +96,15 @@ def _say(text: str) -> None:
     print(f"modulm: {text}", file=sys.stderr, flush=True)
 
 
+def _short_of(tok: Any) -> str:
+    """Why a trained vocabulary is smaller than asked ("" when it is not, or the tokenizer does not say)."""
+    asked = getattr(tok, "target_vocab_size", None)
+    if isinstance(asked, int) and int(tok.vocab_size) < asked:
+        return (f", fewer than data.tokenizer.vocab_size = {asked:,}: the training text has no more "
+                "pairs of tokens to merge")
+    return ""
+
+
 def _train(tok: Any, paths: list[str]) -> None:
     """Train ``tok``, with progress bars on a terminal when its ``train`` offers them."""
     try:
@@ -206,7 +215,8 @@ class TextSource(TokenSource):
                 started = time.perf_counter()
                 _say(f"training the tokenizer on {', '.join(map(str, self.train_paths))} (once; cached for later runs)")
                 _train(tok, [str(plain_copy(p, scratch)) for p in train_paths])
-                _say(f"tokenizer trained: {int(tok.vocab_size):,} tokens in {time.perf_counter() - started:.1f} s")
+                _say(f"tokenizer trained: {int(tok.vocab_size):,} tokens in {time.perf_counter() - started:.1f} s"
+                     + _short_of(tok))
             tok.save(work / "tokenizer")
             token_dtype = storage_dtype(int(tok.vocab_size), self.dtype)
             tokens, sizes = {}, {}

@@ -90,9 +90,10 @@ def data_offset(array: np.ndarray) -> int:
 
 
 def storage_dtype(vocab_size: int, dtype: str = "auto") -> np.dtype:
-    """The dtype to write ids ``< vocab_size`` with: ``auto`` is uint16 when it fits, else uint32."""
+    """The dtype to write ids ``< vocab_size`` with: ``auto`` is the smallest of uint16, uint32 and
+    int64 that holds them; a named ``dtype`` that cannot hold them is a :class:`ModulmError`."""
     if dtype == "auto":
-        return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+        return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32 if vocab_size <= 2**32 else np.int64)
     if dtype not in TOKEN_DTYPES:
         raise ModulmError(f"unknown dtype {dtype!r}; use auto, {_dtype_list()}")
     chosen = np.dtype(dtype)

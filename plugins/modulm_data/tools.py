@@ -58,6 +58,9 @@ def split_tokens(input_path: str | os.PathLike, train_output: str | os.PathLike,
     train_path, val_path = check_output_path(train_output), check_output_path(val_output)
     if train_path.resolve() == val_path.resolve():
         raise ModulmError(f"{train_path}: the train and validation outputs must be different files")
+    for output in (train_path, val_path):
+        if output.resolve() == Path(input_path).resolve():
+            raise ModulmError(f"{output}: the output would overwrite the input file")
     n_val = round(len(array) * val_split)
     n_train = len(array) - n_val
     if n_val < 1 or n_train < 1:
