@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from modulm import runlock
 from modulm.errors import ModulmError
 from modulm.fileio import remove_stale_temp_files
 from modulm.settings import CheckpointSettings
@@ -118,8 +119,11 @@ def check_writable(value: str, key: str = "checkpointing.checkpoint_dir") -> Pat
 
 
 def plan(settings: CheckpointSettings) -> RunPlan:
-    """Decide where the run lives and what it resumes, writing nothing; a one-line error when it cannot start."""
+    """Decide where the run lives and what it resumes, writing nothing; a one-line error when it cannot
+    start (another process running in the directory is one: :mod:`modulm.runlock`)."""
     run_dir = check_writable(settings.checkpoint_dir)
+    if run_dir.is_dir():
+        runlock.check_free(run_dir)
     explicit = settings.resume_from or (settings.resume if settings.resume not in ("auto", True, False) else None)
     if explicit:
         key = "resume_from" if settings.resume_from else "resume"
@@ -151,9 +155,12 @@ def plan(settings: CheckpointSettings) -> RunPlan:
 
 def prepare(settings: CheckpointSettings | RunPlan) -> tuple[Path, Path | None]:
     """Carry out a plan (made from ``settings`` if given those): create the run directory, remove what
-    a previous run or a killed save left that the plan replaces; return it and the checkpoint to resume."""
+    a previous run or a killed save left that the plan replaces; return it and the checkpoint to resume.
+
+    Takes the directory's lock first (:func:`modulm.runlock.acquire`); the caller releases it."""
     chosen = settings if isinstance(settings, RunPlan) else plan(settings)
     chosen.run_dir.mkdir(parents=True, exist_ok=True)
+    runlock.acquire(chosen.run_dir)
     remove_stale_temp_files(chosen.run_dir)
     if chosen.clear:
         clear(chosen.run_dir)

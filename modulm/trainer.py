@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import modulm
-from modulm import distributed, preflight, rundir, runlines
+from modulm import distributed, preflight, rundir, runlines, runlock
 from modulm.checkpoint import rng_state, set_rng_state, unwrap
 from modulm.errors import ModulmError, OutOfMemory, is_out_of_memory
 from modulm.evaluate import EvalResult, evaluate, full_windows, model_loss, sampled_windows
@@ -363,6 +363,7 @@ class Trainer:
             self._log_error(message)
             raise OutOfMemory(message) from None
         finally:
+            runlock.release(self.run_dir)  # taken when the run directory was prepared
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             for logger in self.loggers:

@@ -29,8 +29,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from modulm.sweep.results import write_sweep_results
-    from modulm.sweep.runner import Runner, format_seconds, run_finished
+    from modulm import runlock
+    from modulm.sweep.runner import Runner, SweepState
     from modulm.sweep.spec import load_sweep, validate_points
 
     spec = load_sweep(args.sweep, args.overrides)
@@ -46,6 +46,19 @@ def run(args) -> int:
     runner.check_recorded(spec.points)
     if args.dry_run:
         return _list(runner)
+    runner.sweep_dir.mkdir(parents=True, exist_ok=True)
+    runlock.acquire(runner.sweep_dir, ("another modulm sweep", "--out DIR"))  # refused while one runs here
+    runner.state = SweepState(runner.sweep_dir, spec)  # as the last sweep here left it
+    try:
+        return _run(args, spec, runner)
+    finally:
+        runlock.release(runner.sweep_dir)
+
+
+def _run(args, spec, runner) -> int:
+    from modulm.sweep.results import write_sweep_results
+    from modulm.sweep.runner import format_seconds, run_finished
+
     where = f"{len(spec.points)} points" if spec.search is None else f"Optuna search of {spec.search.trials} trials"
     done = sum(runner.is_done(p) for p in spec.points)
     print(f"sweep {spec.name}: {where}{f' ({done} done)' if done else ''} -> {runner.sweep_dir}; "
