@@ -54,6 +54,6 @@ def human_bytes(count: float) -> str:
         return f"{int(count)} bytes"
     for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
         count /= 1024
-        if count < 1024 or unit == "PiB":
+        if round(count, 2) < 1024 or unit == "PiB":  # 1023.999 MiB is "1.00 GiB", not "1024.00 MiB"
             return f"{count:.2f} {unit}"
     raise AssertionError("unreachable")

@@ -4,7 +4,8 @@ A run that fails preflight leaves the file system exactly as it was. The checks,
 
 * the recipe (:func:`modulm.recipe.validate`);
 * the training state's memory (:func:`check_training_memory`): parameters, gradients and optimizer
-  state of the model built on the meta device, against the device's memory;
+  state of the model built on the meta device, and one micro-batch of token ids, against the
+  device's memory;
 * the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
   and writable (probed with a file removed at once), and what starting there means;
 * the checkpoint to resume (:func:`modulm.checkpoint.read_checkpoint`): readable, a modulm
@@ -176,7 +177,8 @@ def meta_model(bound: Mapping[str, Any], vocab_size: Any) -> Any:
 
 def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) -> None:
     """Refuse a run whose training state alone, the parameters, their gradients and the optimizer's
-    state where it can be sized on the meta device (what ``modulm info`` prints), is more than its device's memory: RAM and swap for a CPU
+    state where it can be sized on the meta device (what ``modulm info`` prints), plus one micro-batch
+    of int64 token ids (inputs and targets, as every data source returns them), is more than its device's memory: RAM and swap for a CPU
     (times the processes the run starts on it), the GPU's memory on CUDA. Activations come on top,
     so a run that passes can still run out of memory; one that fails cannot fit."""
     import os
@@ -193,18 +195,27 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) 
     local = nproc if nproc > 1 else int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     sharded = world > 1 and getattr(bound.get("distributed"), "strategy", None) == "fsdp"
     use = training_state_memory(model, bound["optimizer"], sharded, world)
+    training = bound["training"]
+    micro_batch = training.batch_size // training.grad_accum_steps
+    ids = 2 * 8 * micro_batch * int(getattr(model, "context_length", 0) or 0)  # inputs and targets, int64
     processes = local if device.type == "cpu" else 1  # a CPU's processes share its memory
-    needed = use.total * processes
+    needed = (use.total + ids) * processes
     if needed <= limit:
         return
     optimizer_part = f" + optimizer state {human_bytes(use.optimizer)}" if use.optimizer is not None else ""
     per = f" per process x {processes} processes" if processes > 1 else ""
+    if ids > use.total:  # the batch, not the model, is what cannot fit
+        raise OutOfMemory(
+            f"training.batch_size: one micro-batch of {micro_batch} x {model.context_length} token ids (inputs "
+            f"and targets, int64) takes {human_bytes(ids)}{per}, before the model's {human_bytes(use.total)} and any "
+            f"activation: more than {device_memory(device)}; make training.batch_size smaller, or split it with "
+            "training.grad_accum_steps")
     shard = ", or shard it over more GPUs with distributed.strategy = \"fsdp\"" if device.type == "cuda" else ""
     raise OutOfMemory(
         f"model: training it needs {human_bytes(needed)} before any activation (parameters "
-        f"{human_bytes(use.parameters)} + gradients {human_bytes(use.gradients)}{optimizer_part}{per}), more than "
-        f"{device_memory(device)}; make it smaller (model.d_model, model.num_layers, the vocabulary size){shard}. "
-        "modulm info RECIPE prints these numbers")
+        f"{human_bytes(use.parameters)} + gradients {human_bytes(use.gradients)}{optimizer_part} + a micro-batch's "
+        f"token ids {human_bytes(ids)}{per}), more than {device_memory(device)}; make it smaller (model.d_model, "
+        f"model.num_layers, the vocabulary size){shard}. modulm info RECIPE prints these numbers")
 
 
 def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:

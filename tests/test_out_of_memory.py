@@ -135,13 +135,15 @@ def test_other_runtime_errors_still_raise(tmp_path, capsys, monkeypatch):
         cli(capsys, "run", write_recipe(tmp_path, tiny_recipe(tmp_path)))
 
 
-def test_a_batch_too_large_to_sample_fails_in_one_line_end_to_end(tmp_path, capsys):
-    """No injection: 2^47 sequences' start offsets are themselves a 1 PiB allocation."""
+def test_a_batch_whose_token_ids_cannot_fit_is_refused_before_anything_is_written(tmp_path, capsys):
+    """2^47 sequences of 16 int64 inputs and targets: 32 PiB before the model (225.5 KiB) is counted."""
     path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 2**47}))
+    before = snapshot(tmp_path)
     code, _, err = cli(capsys, "run", path)
     assert code == 2
-    one_error_line([e for e in err if e.startswith("modulm: error")], "out of memory at iteration 0",
-                   "could not allocate")
+    one_error_line(err, f"training.batch_size: one micro-batch of {2**47} x 16 token ids", "takes 32.00 PiB",
+                   "before the model's 225.50 KiB", "training.grad_accum_steps")
+    assert snapshot(tmp_path) == before
 
 
 def test_out_of_memory_outside_training_is_one_line(tmp_path, capsys, monkeypatch):
@@ -180,9 +182,12 @@ def _bound(tmp_path):
     return bound, preflight.meta_model(bound, 64)
 
 
+TOKEN_IDS = 2 * 8 * 4 * 16  # the tiny recipe's micro-batch: int64 inputs and targets, 4 x 16 of each
+
+
 def _training_state_bytes(model) -> int:
     elements = sum(p.numel() for p in model.parameters())
-    return elements * 4 * 4  # float32 parameters, gradients and AdamW's two moments
+    return elements * 4 * 4 + TOKEN_IDS  # float32 parameters, gradients and AdamW's two moments; the batch
 
 
 def test_the_limit_is_the_training_state_and_processes_on_one_cpu_share_it(tmp_path, monkeypatch):
@@ -199,6 +204,20 @@ def test_the_limit_is_the_training_state_and_processes_on_one_cpu_share_it(tmp_p
         preflight.check_training_memory(bound, model)
 
 
+def test_the_token_ids_counted_are_one_micro_batch(tmp_path, monkeypatch):
+    from modulm import plugins, runtime
+
+    registry = plugins.load().registry
+    bound = validate(recipe_from_dict(tiny_recipe(tmp_path, training={"batch_size": 4, "grad_accum_steps": 2})), registry)
+    model = preflight.meta_model(bound, 64)
+    fits = _training_state_bytes(model) - TOKEN_IDS // 2  # half the batch per micro-batch
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: fits)
+    preflight.check_training_memory(bound, model)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: fits - 1)
+    with pytest.raises(OutOfMemory, match=r"token ids 512 bytes\)"):
+        preflight.check_training_memory(bound, model)
+
+
 def test_an_optimizer_that_cannot_be_sized_still_leaves_parameters_and_gradients_checked(tmp_path, monkeypatch):
     from modulm import runtime
     from modulm.strategy import training_state_memory
@@ -212,10 +231,11 @@ def test_an_optimizer_that_cannot_be_sized_still_leaves_parameters_and_gradients
     weights = sum(p.numel() for p in model.parameters()) * 4
     assert (use.parameters, use.gradients, use.optimizer, use.total) == (weights, weights, None, 2 * weights)
     assert use.line("single process", 1).endswith(f"optimizer state unknown = {human_bytes(2 * weights)}")
-    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights + TOKEN_IDS)
     preflight.check_training_memory(bound, model)
-    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights - 1)
-    with pytest.raises(OutOfMemory, match=r"\(parameters [^)]* \+ gradients [^+)]*\), more than cpu"):
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights + TOKEN_IDS - 1)
+    with pytest.raises(OutOfMemory, match=r"\(parameters [^)+]* \+ gradients [^)+]* \+ a micro-batch's token ids "
+                                          r"1.00 KiB\), more than cpu"):
         preflight.check_training_memory(bound, model)
 
 
