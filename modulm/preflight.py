@@ -176,11 +176,12 @@ def meta_model(bound: Mapping[str, Any], vocab_size: Any) -> Any:
 
 
 def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) -> None:
-    """Refuse a run whose training state alone, the parameters, their gradients and the optimizer's
-    state where it can be sized on the meta device (what ``modulm info`` prints), plus one micro-batch
-    of int64 token ids (inputs and targets, as every data source returns them), is more than its device's memory: RAM and swap for a CPU
-    (times the processes the run starts on it), the GPU's memory on CUDA. Activations come on top,
-    so a run that passes can still run out of memory; one that fails cannot fit."""
+    """Refuse a run whose training state, the parameters, their gradients and the optimizer's state
+    where it can be sized on the meta device (what ``modulm info`` prints), plus one micro-batch of
+    int64 token ids (inputs and targets, as every data source returns them), is more than its
+    device's memory: RAM and swap for a CPU (times the processes the run starts on it), the GPU's
+    memory on CUDA. Activations come on top, so a run that passes can still run out of memory; one
+    that fails cannot fit."""
     import os
 
     from modulm.errors import OutOfMemory, human_bytes

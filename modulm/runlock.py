@@ -19,17 +19,15 @@ from pathlib import Path
 
 from modulm.errors import ModulmError
 
-LOCK_FILE = ".modulm.lock"
-
-_held: dict[Path, int] = {}  # directory -> the open descriptor holding its lock, in this process
-
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
 
-
+LOCK_FILE = ".modulm.lock"
 RUN = ("another modulm run", "checkpointing.checkpoint_dir")  # (who holds it, how to choose another)
+
+_held: dict[Path, int] = {}  # directory -> the open descriptor holding its lock, in this process
 
 
 def _busy(directory: Path, fd: int, holder: tuple[str, str]) -> ModulmError:

@@ -363,12 +363,12 @@ class Trainer:
             self._log_error(message)
             raise OutOfMemory(message) from None
         finally:
-            runlock.release(self.run_dir)  # taken when the run directory was prepared
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             for logger in self.loggers:
                 with contextlib.suppress(OSError):  # a full disk was reported above
                     logger.close()
+            runlock.release(self.run_dir)  # taken when the run directory was prepared; all is written
 
     def _log_error(self, text: str) -> None:
         with contextlib.suppress(OSError):  # the log itself may be what cannot be written

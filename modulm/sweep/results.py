@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from modulm.errors import ModulmError
 from modulm.plot import METRICS_FILE, X_AXES, check_plot_path, read_curves, require_matplotlib
-from modulm.sweep.runner import STATE_FILE, read_events, run_finished
+from modulm.sweep.runner import STATE_FILE, read_events, recorded_points, run_finished
 from modulm.sweep.spec import flatten, format_value, short_names
 
 if sys.version_info >= (3, 11):
@@ -60,10 +60,10 @@ def expand(paths: Sequence[str | Path]) -> list[tuple[Path, dict | None]]:
         if not path.is_dir():
             raise ModulmError(f"{path}: not a run or sweep directory")
         if (path / STATE_FILE).is_file():
-            points = _sweep_points(path)
+            points = recorded_points(path)
             runs += [(path / run_id, record) for run_id, record in points.items() if (path / run_id).is_dir()]
         elif (path / METRICS_FILE).is_file():
-            parent = _sweep_points(path.parent) if (path.parent / STATE_FILE).is_file() else {}
+            parent = recorded_points(path.parent) if (path.parent / STATE_FILE).is_file() else {}
             runs.append((path, parent.get(path.name)))
         else:
             found = sorted(p.parent for p in path.glob(f"*/{METRICS_FILE}"))
@@ -73,16 +73,6 @@ def expand(paths: Sequence[str | Path]) -> list[tuple[Path, dict | None]]:
     if not runs:
         raise ModulmError("compare: no runs found in " + ", ".join(map(str, paths)))
     return runs
-
-
-def _sweep_points(sweep_dir: Path) -> dict[str, dict]:
-    try:
-        state = json.loads((sweep_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModulmError(f"{sweep_dir / STATE_FILE}: not valid JSON") from None
-    if not isinstance(state, dict) or not isinstance(state.get("points", {}), dict):
-        raise ModulmError(f"{sweep_dir / STATE_FILE}: not a sweep's state (a JSON object with a \"points\" object)")
-    return state.get("points", {})
 
 
 def read_row(run_dir: Path, record: dict | None) -> RunRow:

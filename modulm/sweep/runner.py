@@ -81,21 +81,27 @@ def system_has_threads_setting() -> bool:
     return any(f.name == "threads" for f in dataclasses.fields(SystemSettings))
 
 
+def recorded_points(sweep_dir: Path, hint: str = "") -> dict[str, dict]:
+    """The points ``sweep_dir``'s ``sweep.json`` records; a :class:`ModulmError` (ending in ``hint``)
+    when it is not a sweep's state."""
+    path = sweep_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModulmError(f"{path}: not valid JSON{hint}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("points", {}), dict):
+        raise ModulmError(f"{path}: not a sweep's state (a JSON object with a \"points\" object){hint}")
+    return state.get("points", {})
+
+
 class SweepState:
     """``sweep.json``: what the sweep is and every point's status; written atomically after each change."""
 
     def __init__(self, sweep_dir: Path, spec: SweepSpec) -> None:
-        self.path = sweep_dir / STATE_FILE
+        self.sweep_dir, self.path = sweep_dir, sweep_dir / STATE_FILE
         self.data: dict[str, Any] = {"name": spec.name, "sweep_file": str(spec.path), "base": str(spec.base), "points": {}}
         if self.path.is_file():
-            forget = "delete it to forget the sweep's statuses"
-            try:
-                state = json.loads(self.path.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ModulmError(f"{self.path}: not valid JSON; {forget}") from None
-            if not isinstance(state, dict) or not isinstance(state.get("points", {}), dict):
-                raise ModulmError(f"{self.path}: not a sweep's state (a JSON object with a \"points\" object); {forget}")
-            self.data["points"] = state.get("points", {})
+            self.data["points"] = recorded_points(self.sweep_dir, "; delete it to forget the sweep's statuses")
 
     def point(self, run_id: str) -> dict[str, Any]:
         return self.data["points"].get(run_id, {})
