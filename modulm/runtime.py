@@ -136,9 +136,14 @@ def grad_scaler(device: torch.device, dtype: str) -> Any:
 
 
 # -- threads and matmul precision ---------------------------------------------------------------
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cpus = usable_cpus()
     cores = set()
     for cpu in cpus:
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
@@ -249,6 +254,12 @@ def configure(system: Any, device: torch.device) -> Runtime:
         check_cpu_matmul(requested_matmul)
     except ValueError as exc:
         raise ModulmError(f"system.{exc}") from None
+    how = ("torch's default" if threads is None else
+           "auto: physical cores" if getattr(system, "threads", None) == "auto" else "as set")
+    cpus = len(usable_cpus())
+    if threads is not None and threads > cpus:  # thousands of threads are slow, and past ~30000 torch crashes
+        how = f"system.threads = {threads} is more than the {cpus} CPUs this process may use"
+        threads = cpus
     if threads is not None:
         torch.set_num_threads(threads)
     if requested_matmul == "auto":  # timed later (Runtime.choose_cpu_matmul) or at the first product
@@ -258,8 +269,6 @@ def configure(system: Any, device: torch.device) -> Runtime:
     if device.type == "cuda":
         set_tf32(tf32)
     count = torch.get_num_threads()
-    how = ("torch's default" if threads is None else
-           "auto: physical cores" if getattr(system, "threads", None) == "auto" else "as set")
     lines = [f"Precision: {precision.reason}"]
     if device.type == "cpu" or threads is not None:
         lines.append(f"CPU threads: {count} ({how}; on a busy machine fewer can be faster: system.threads)")

@@ -57,6 +57,7 @@ def test_dummy_ids_past_uint32_are_kept_whole(tmp_path):
     [
         (["--output", "{d}/x.npy", "--size", 0, "--vocab-size", 5], "--size must be >= 1"),
         (["--output", "{d}/x.npy", "--size", 10, "--vocab-size", 0], "--vocab-size must be >= 1"),
+        (["--output", "{d}/x.npy", "--size", 10, "--vocab-size", 5, "--seed", -1], "--seed must be >= 0, got -1"),
         (["--output", "{d}/nowhere/x.npy", "--size", 10, "--vocab-size", 5], "does not exist"),
         (["--output", "{d}/x.bin", "--size", 10, "--vocab-size", 5], "must end in .npy"),
     ],

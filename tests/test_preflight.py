@@ -150,6 +150,7 @@ def test_overrides_may_follow_options(tmp_path, capsys):
     (["--nproc", "0"], ("--nproc must be >= 1",)),
     (["--nproc", "two"], ("invalid int value: 'two'",)),
     (["--resume"], ("--resume: expected one argument",)),
+    (["model.num_layers=10000000000"], ("model.num_layers: 10000000000 is out of range: must be in [1, 4096]",)),
 ])
 def test_command_line_mistakes_are_one_line_and_write_nothing(tmp_path, capsys, args, fragments):
     path = write_recipe(tmp_path, tiny_recipe(tmp_path))
@@ -181,6 +182,8 @@ def test_argparse_errors_are_one_line_exit_2(capsys, args, fragment):
     (["--top-p", "0"], "--top-p must be in (0, 1] (1 is off), got 0.0"),
     (["--top-p", "nan"], "--top-p must be in (0, 1] (1 is off), got nan"),
     (["--max-tokens", "-2"], "--max-tokens must be >= 0, got -2"),
+    (["--seed", "-1"], "--seed must be in [0, 2^63), got -1"),
+    (["--seed", str(2**64)], f"--seed must be in [0, 2^63), got {2**64}"),
 ])
 def test_generate_settings_out_of_range_are_one_line_before_the_checkpoint_is_read(capsys, args, fragment):
     code, out, err = cli(capsys, "generate", "no-such.pt", *args)

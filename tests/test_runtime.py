@@ -90,6 +90,10 @@ def test_threads_setting(keep_threads, monkeypatch):
     monkeypatch.setattr(runtime, "physical_cores", lambda: 2)
     runtime.configure(system(dtype="float32", threads="auto"), CPU)
     assert torch.get_num_threads() == 2
+    cpus = len(runtime.usable_cpus())
+    configured = runtime.configure(system(dtype="float32", threads=100_000), CPU)  # torch alone crashes here
+    assert torch.get_num_threads() == configured.threads == cpus
+    assert f"CPU threads: {cpus} (system.threads = 100000 is more than the {cpus} CPUs this process may use" in configured.lines[1]
 
 
 def test_configure_checks_before_it_changes_anything(keep_threads):
@@ -134,3 +138,15 @@ def test_validate_reports_a_bad_threads_value_with_the_other_problems(tmp_path, 
     assert main(["validate", str(recipe), "system.threads=0", "system.dtype=fp8"]) == 2
     err = capsys.readouterr().err
     assert "system.threads: 0 is out of range: must be >= 1" in err and "system.dtype: 'fp8' is not one of" in err
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (2**63 - 1, True), (2**63, False), (-1, False), (10**23, False)])
+def test_a_seed_torch_cannot_take_is_a_recipe_error(capsys, seed, ok):
+    from modulm.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "base.toml"
+    assert main(["validate", str(recipe), f"system.seed={seed}"]) == (0 if ok else 2)
+    if ok:
+        runtime.seed_everything(seed)  # torch, numpy and random take every seed the recipe admits
+    else:
+        assert f"system.seed: {seed} is out of range: must be in [0, 9223372036854775808)" in capsys.readouterr().err

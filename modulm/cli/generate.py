@@ -57,6 +57,8 @@ def run(args) -> int:
         raise ModulmError(f"--temperature must be finite and >= 0 (0 is greedy), got {args.temperature}")
     if not 0 < args.top_p <= 1:
         raise ModulmError(f"--top-p must be in (0, 1] (1 is off), got {args.top_p}")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise ModulmError(f"--seed must be in [0, 2^63), got {args.seed}")
     pm = plugin_manager(args)
     model, tokenizer = load_model_and_tokenizer(args.checkpoint, pm.registry, args.tokenizer)
     model.to(resolve_device(args.device))

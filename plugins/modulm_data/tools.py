@@ -25,6 +25,8 @@ def make_dummy(output: str | os.PathLike, size: int, vocab_size: int, seed: int 
         raise ModulmError(f"--size must be >= 1, got {size}")
     if vocab_size < 1:
         raise ModulmError(f"--vocab-size must be >= 1, got {vocab_size}")
+    if seed < 0:
+        raise ModulmError(f"--seed must be >= 0, got {seed}")
     output = check_output_path(output)
     chosen = storage_dtype(vocab_size, dtype)
     rng = np.random.default_rng(seed)

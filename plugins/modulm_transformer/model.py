@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Mapping
 
 import torch
-from annotated_types import Ge, Gt
+from annotated_types import Ge, Gt, Interval
 from torch import Tensor, nn
 
 from modulm import nested
@@ -132,7 +132,7 @@ def _heads_split_d_model(p: Mapping[str, Any]) -> list:
 def transformer(
     context_length: Annotated[int, Ge(1)] = 512,
     d_model: Annotated[int, Ge(1)] = 512,
-    num_layers: Annotated[int, Ge(1)] = 6,
+    num_layers: Annotated[int, Interval(ge=1, le=4096)] = 6,
     num_heads: Annotated[int, Ge(1)] = 8,
     d_ff: Annotated[int, Ge(1)] | None = 2048,
     rope_theta: Annotated[float, Gt(0)] = 10000.0,
@@ -151,7 +151,7 @@ def transformer(
 
     context_length: longest sequence the model accepts (RoPE tables are built up to it)
     d_model: width of the residual stream
-    num_layers: number of blocks
+    num_layers: number of blocks (at most 4096: even built on the meta device, each costs time)
     num_heads: attention heads (d_model must be divisible by it)
     d_ff: feed-forward hidden width; None -> the ffn's own default
     rope_theta: base of the rotary frequencies, passed to the position component as theta
