@@ -46,6 +46,17 @@ def test_a_text_too_small_for_the_vocabulary_warns_and_an_empty_one_is_refused(t
     assert not (tmp_path / "none").exists()
 
 
+def test_a_run_directory_given_for_its_tokenizer_points_to_it(saved, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copytree(saved, run / "tokenizer")
+    assert main(["tokenizer", "info", str(run)]) == 2
+    assert capsys.readouterr().err.strip() == (f"modulm: error: tokenizer file not found: {run / 'vocab.json'}; did you "
+                                               f"mean {run / 'tokenizer'}? (a run directory keeps its tokenizer there)")
+
+
 @pytest.fixture
 def saved(corpus, tmp_path, capsys):
     out = tmp_path / "tok"

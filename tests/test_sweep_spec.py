@@ -144,3 +144,13 @@ def test_a_damaged_sweep_state_is_one_line_for_compare_and_a_rerun(tmp_path, cap
     spec = SimpleNamespace(name="s", path=tmp_path / "s.toml", base=tmp_path / "base.toml")
     with pytest.raises(ModulmError, match=f"{message}.*delete it to forget"):
         SweepState(sweep_dir, spec)
+
+
+def test_compare_lists_a_run_named_twice_once(tmp_path):
+    from modulm.sweep.results import expand
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"event": "train", "step": 0, "loss": 1.0}\n')
+    runs = expand([tmp_path / "a", tmp_path / "b", tmp_path / "b" / ".." / "a", tmp_path])
+    assert [run for run, _ in runs] == [tmp_path / "a", tmp_path / "b"]

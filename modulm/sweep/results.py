@@ -54,7 +54,8 @@ class RunRow:
 
 
 def expand(paths: Sequence[str | Path]) -> list[tuple[Path, dict | None]]:
-    """Run directories named by ``paths`` (runs or sweep directories), each with its sweep record if any."""
+    """Run directories named by ``paths`` (runs or sweep directories), each with its sweep record if
+    any; a run named twice (``a b a``, or a sweep and one of its runs) is listed once."""
     runs: list[tuple[Path, dict | None]] = []
     for path in map(Path, paths):
         if not path.is_dir():
@@ -72,7 +73,10 @@ def expand(paths: Sequence[str | Path]) -> list[tuple[Path, dict | None]]:
             runs += [(p, None) for p in found]
     if not runs:
         raise ModulmError("compare: no runs found in " + ", ".join(map(str, paths)))
-    return runs
+    unique: dict[Path, tuple[Path, dict | None]] = {}
+    for run, record in runs:
+        unique.setdefault(run.resolve(), (run, record))  # the first mention wins
+    return list(unique.values())
 
 
 def read_row(run_dir: Path, record: dict | None) -> RunRow:

@@ -62,7 +62,9 @@ def text_to_token(text: str, *, where: str = "token") -> bytes:
 
 def _require(path: Path) -> None:
     if not path.is_file():
-        raise ModulmError(f"tokenizer file not found: {path}")
+        inner = path.parent / "tokenizer"
+        hint = f"; did you mean {inner}? (a run directory keeps its tokenizer there)" if (inner / path.name).is_file() else ""
+        raise ModulmError(f"tokenizer file not found: {path}{hint}")
 
 
 def _no_duplicate_keys(path: Path):

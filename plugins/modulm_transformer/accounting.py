@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modulm.errors import human_bytes
 from modulm_transformer.layers import Linear
 
 #: Block child name -> reported component.
@@ -132,8 +133,8 @@ def format_accounting(report: dict[str, Any]) -> str:
     lines.append(f"  {'training step (3x forward)':<28}{'':>16}{_human(flops['train_per_step'], 'FLOP'):>16}")
     lines.append(f"memory in {memory['dtype']} ({memory['bytes_per_value']} bytes per value; activations not included)")
     for part in ("params", "grads", "adamw_state", "total"):
-        lines.append(f"  {part:<28}{_human(memory[part], 'B'):>16}")
+        lines.append(f"  {part:<28}{human_bytes(memory[part]):>16}")
     if memory["bytes_per_value"] < 4:
         lines.append(f"  (under autocast the weights, gradients and AdamW state stay float32: "
-                     f"{_human(16 * params['total'], 'B')} in all)")
+                     f"{human_bytes(16 * params['total'])} in all)")
     return "\n".join(lines)
