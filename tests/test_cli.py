@@ -82,6 +82,10 @@ def test_info_reports_parameters_and_flops(capsys):
     assert main(["info", str(ROOT / "recipes" / "base.toml")]) == 0
     out = capsys.readouterr().out
     assert "vocab_size 4096" in out and "1,840,256" in out and "FLOP" in out
+    assert out.endswith("Token ids per micro-batch: 16 x 256 inputs and targets (int64) = 64.00 KiB (activations not "
+                        "included)\n")  # batch_size 16, context 256: 2 x 8 bytes x 16 x 256
+    assert main(["info", str(ROOT / "recipes" / "base.toml"), "training.grad_accum_steps=4"]) == 0
+    assert "Token ids per micro-batch: 4 x 256 inputs and targets (int64) = 16.00 KiB" in capsys.readouterr().out
 
 
 def _starter_lines(text: str) -> dict[tuple[str, str], tuple[str, str | None]]:
