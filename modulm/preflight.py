@@ -186,7 +186,7 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) 
 
     from modulm.errors import OutOfMemory, human_bytes
     from modulm.runtime import device_memory, device_memory_bytes, resolve_device
-    from modulm.strategy import training_state_memory
+    from modulm.strategy import micro_batch_token_bytes, training_state_memory
 
     device = resolve_device(bound["system"].device)
     limit = device_memory_bytes(device)
@@ -196,9 +196,7 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) 
     local = nproc if nproc > 1 else int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     sharded = world > 1 and getattr(bound.get("distributed"), "strategy", None) == "fsdp"
     use = training_state_memory(model, bound["optimizer"], sharded, world)
-    training = bound["training"]
-    micro_batch = training.batch_size // training.grad_accum_steps
-    ids = 2 * 8 * micro_batch * int(getattr(model, "context_length", 0) or 0)  # inputs and targets, int64
+    micro_batch, ids = micro_batch_token_bytes(bound["training"], getattr(model, "context_length", 0) or 0)
     processes = local if device.type == "cpu" else 1  # a CPU's processes share its memory
     needed = (use.total + ids) * processes
     if needed <= limit:

@@ -114,6 +114,14 @@ def training_state_memory(model: torch.nn.Module, optimizer_factory: Any, sharde
     return memory_per_process(model, optimizer_bytes, sharded, world_size)
 
 
+def micro_batch_token_bytes(training: Any, context_length: int) -> tuple[int, int]:
+    """``(micro_batch, bytes)``: the sequences one micro-batch holds (``training.batch_size /
+    grad_accum_steps``) and the bytes of its token ids, int64 inputs and targets as every data
+    source returns them."""
+    micro_batch = training.batch_size // training.grad_accum_steps
+    return micro_batch, 2 * 8 * micro_batch * int(context_length)
+
+
 def bf16_native(device: torch.device) -> bool:
     """Whether ``device`` computes in bfloat16 natively (not emulated, as on AVX2-only CPUs)."""
     return native_bf16(device)[0]

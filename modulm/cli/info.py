@@ -53,7 +53,7 @@ def run(args) -> int:
     from modulm.preflight import recipe_vocab_size
     from modulm.recipe import validate
     from modulm.errors import human_bytes
-    from modulm.strategy import training_state_memory
+    from modulm.strategy import micro_batch_token_bytes, training_state_memory
 
     if args.nproc < 1:
         raise ModulmError(f"--nproc must be >= 1, got {args.nproc}")
@@ -77,8 +77,7 @@ def run(args) -> int:
     name = bound["distributed"].strategy if args.nproc > 1 else "single process"
     memory = training_state_memory(model, bound["optimizer"], name == "fsdp", args.nproc)
     print(memory.line(name, args.nproc))
-    micro_batch = training.batch_size // training.grad_accum_steps
-    ids = 2 * 8 * micro_batch * model.context_length
+    micro_batch, ids = micro_batch_token_bytes(training, model.context_length)
     print(f"Token ids per micro-batch: {micro_batch} x {model.context_length} inputs and targets (int64) = "
           f"{human_bytes(ids)} (activations not included)")
     return 0
