@@ -4,8 +4,9 @@ A run that fails preflight leaves the file system exactly as it was. The checks,
 
 * the recipe (:func:`modulm.recipe.validate`);
 * the training state's memory (:func:`check_training_memory`): parameters, gradients and optimizer
-  state of the model built on the meta device, and one micro-batch of token ids, against the
-  device's memory;
+  state of the model built on the meta device, one micro-batch of token ids and the activations
+  its forward pass keeps (sized on fake tensors, :mod:`modulm.activations`), against the device's
+  memory;
 * the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
   and writable (probed with a file removed at once), and what starting there means;
 * the checkpoint to resume (:func:`modulm.checkpoint.read_checkpoint`): readable, a modulm
@@ -175,13 +176,37 @@ def meta_model(bound: Mapping[str, Any], vocab_size: Any) -> Any:
         return None
 
 
-def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) -> None:
+def activation_floor(bound: Mapping[str, Any], vocab_size: Any, device: Any = None) -> int | None:
+    """Bytes one micro-batch's forward pass keeps for the backward pass, at least
+    (:func:`modulm.activations.saved_activation_bytes` on a fresh meta model), on the recipe's
+    device (or ``device``) and dtype; None where it cannot be sized (unknown vocabulary, a model
+    that fake tensors cannot run, ``system.compile``)."""
+    from modulm.activations import saved_activation_bytes
+    from modulm.runtime import autocast, resolve_device, resolve_precision
+    from modulm.strategy import micro_batch_token_bytes
+
+    system = bound["system"]
+    model = meta_model(bound, vocab_size)
+    if model is None or system.compile:
+        return None
+    device = resolve_device(system.device) if device is None else device
+    try:
+        dtype = resolve_precision(device, system.dtype).dtype
+    except ModulmError:  # float16 on a CPU: refused where the run resolves its precision
+        return None
+    micro_batch, _ = micro_batch_token_bytes(bound["training"], 0)
+    return saved_activation_bytes(model, micro_batch, getattr(model, "context_length", 0) or 0, device,
+                                  lambda: autocast(device, dtype))
+
+
+def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, activations: int | None = None) -> None:
     """Refuse a run whose training state, the parameters, their gradients and the optimizer's state
     where it can be sized on the meta device (what ``modulm info`` prints), plus one micro-batch of
-    int64 token ids (inputs and targets, as every data source returns them), is more than its
-    device's memory: RAM and swap for a CPU (times the processes the run starts on it), the GPU's
-    memory on CUDA. Activations come on top, so a run that passes can still run out of memory; one
-    that fails cannot fit."""
+    int64 token ids (inputs and targets, as every data source returns them) and the
+    ``activations`` its forward pass keeps at least (:func:`activation_floor`; None: not counted),
+    is more than its device's memory: RAM and swap for a CPU (times the processes the run starts
+    on it), the GPU's memory on CUDA. Every part is a floor (a step's temporaries come on top), so
+    a run that passes can still run out of memory; one that fails cannot fit."""
     import os
 
     from modulm.errors import OutOfMemory, human_bytes
@@ -196,25 +221,37 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1) 
     local = nproc if nproc > 1 else int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     sharded = world > 1 and getattr(bound.get("distributed"), "strategy", None) == "fsdp"
     use = training_state_memory(model, bound["optimizer"], sharded, world)
-    micro_batch, ids = micro_batch_token_bytes(bound["training"], getattr(model, "context_length", 0) or 0)
+    context = getattr(model, "context_length", 0) or 0
+    micro_batch, ids = micro_batch_token_bytes(bound["training"], context)
+    kept = activations or 0
     processes = local if device.type == "cpu" else 1  # a CPU's processes share its memory
-    needed = (use.total + ids) * processes
+    needed = (use.total + ids + kept) * processes
     if needed <= limit:
         return
     optimizer_part = f" + optimizer state {human_bytes(use.optimizer)}" if use.optimizer is not None else ""
     per = f" per process x {processes} processes" if processes > 1 else ""
-    if ids > use.total:  # the batch, not the model, is what cannot fit
+    if ids + kept > use.total:  # the batch, not the model, is what cannot fit
+        batch = ids + kept
+        room = limit // processes - use.total
+        fit = room * micro_batch // batch if room > 0 else 0
+        fits = f" (at most about {fit} sequences of {context} tokens fit in a micro-batch)" if fit else ""
+        if kept:
+            what = (f"tokens needs at least {human_bytes(batch)} ({human_bytes(ids)} of token ids, int64 inputs and "
+                    f"targets, + {human_bytes(kept)} of activations kept for the backward pass){per}, on top of")
+        else:
+            what = f"token ids (inputs and targets, int64) takes {human_bytes(ids)}{per}, before"
         raise OutOfMemory(
-            f"training.batch_size: one micro-batch of {micro_batch} x {model.context_length} token ids (inputs "
-            f"and targets, int64) takes {human_bytes(ids)}{per}, before the model's {human_bytes(use.total)} and any "
-            f"activation: more than {device_memory(device)}; make training.batch_size smaller, or split it with "
-            "training.grad_accum_steps")
+            f"training.batch_size: one micro-batch of {micro_batch} x {context} {what} the model's "
+            f"{human_bytes(use.total)}: more than {device_memory(device)}{fits}; make training.batch_size smaller, "
+            "split it with training.grad_accum_steps, or shorten model.context_length")
     shard = ", or shard it over more GPUs with distributed.strategy = \"fsdp\"" if device.type == "cuda" else ""
+    kept_part = f" + activations {human_bytes(kept)}" if kept else ""
     raise OutOfMemory(
-        f"model: training it needs {human_bytes(needed)} before any activation (parameters "
+        f"model: training it needs {'at least ' if kept else ''}{human_bytes(needed)}"
+        f"{'' if kept else ' before any activation'} (parameters "
         f"{human_bytes(use.parameters)} + gradients {human_bytes(use.gradients)}{optimizer_part} + a micro-batch's "
-        f"token ids {human_bytes(ids)}{per}), more than {device_memory(device)}; make it smaller (model.d_model, "
-        f"model.num_layers, the vocabulary size){shard}. modulm info RECIPE prints these numbers")
+        f"token ids {human_bytes(ids)}{kept_part}{per}), more than {device_memory(device)}; make it smaller "
+        f"(model.d_model, model.num_layers, the vocabulary size){shard}. modulm info RECIPE prints these numbers")
 
 
 def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
@@ -236,7 +273,7 @@ def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
     vocab_size = recipe_vocab_size(resolved)
     model = meta_model(bound, vocab_size)
     if model is not None:
-        check_training_memory(bound, model, nproc)
+        check_training_memory(bound, model, nproc, activation_floor(bound, vocab_size))
     chosen = rundir.plan(bound["checkpointing"])
     if chosen.resume is None:
         return Preflight(chosen)

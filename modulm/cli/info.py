@@ -6,7 +6,9 @@ The model is built on PyTorch's meta device (no memory is allocated, so any size
 that offer ``accounting_text(batch_size, dtype)`` (the built-in transformer does) report FLOPs per
 part and memory; others report parameter counts. Every model gets a line of training-state memory
 per process (parameters + gradients + optimizer state) for the recipe's ``distributed.strategy``
-at ``--nproc`` processes: ddp holds all of it on each, fsdp about 1/N.
+at ``--nproc`` processes (ddp holds all of it on each, fsdp about 1/N), the bytes of a
+micro-batch's token ids, and the activations its forward pass keeps for the backward pass, sized
+on fake tensors (:func:`modulm.preflight.activation_floor`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def run(args) -> int:
     import torch
 
     from modulm.assemble import resolved_recipe
-    from modulm.preflight import recipe_vocab_size
+    from modulm.preflight import activation_floor, recipe_vocab_size
     from modulm.recipe import validate
     from modulm.errors import human_bytes
     from modulm.strategy import micro_batch_token_bytes, training_state_memory
@@ -66,7 +68,7 @@ def run(args) -> int:
         raise ModulmError(f"{args.recipe}: cannot tell the vocabulary size from the data table; pass --vocab-size N")
     with torch.device("meta"):
         model = bound["model"](vocab_size=vocab_size)
-    training, dtype = bound["training"], _dtype_here(bound["system"])
+    training, (device, dtype) = bound["training"], _device_here(bound["system"])
     print(f"model: {bound['model'].name} (vocab_size {vocab_size}, batch_size {training.batch_size}, dtype {dtype})")
     report = getattr(model, "accounting_text", None)
     if report is not None:
@@ -79,20 +81,26 @@ def run(args) -> int:
     print(memory.line(name, args.nproc))
     micro_batch, ids = micro_batch_token_bytes(training, model.context_length)
     print(f"Token ids per micro-batch: {micro_batch} x {model.context_length} inputs and targets (int64) = "
-          f"{human_bytes(ids)} (activations not included)")
+          f"{human_bytes(ids)}")
+    kept = activation_floor(bound, vocab_size, device)
+    print(f"Activations per micro-batch: at least {human_bytes(kept)} kept for the backward pass ({dtype}; the "
+          "step's temporaries come on top)" if kept is not None else
+          "Activations per micro-batch: not sized (" + ("system.compile" if bound["system"].compile else
+                                                         "the model or dtype does not run on fake tensors here") + ")")
     return 0
 
 
-def _dtype_here(system) -> str:
-    """``system.dtype`` as a run on this machine would resolve it (``auto`` included)."""
+def _device_here(system):
+    """The device a run of ``system`` would use on this machine (the CPU where it lacks the one
+    named), and ``system.dtype`` as that run would resolve it (``auto`` included)."""
+    import torch
+
     from modulm.runtime import resolve_device, resolve_precision
 
-    if system.dtype != "auto":
-        return system.dtype
     try:
         device = resolve_device(system.device)
     except ModulmError:  # a device this machine lacks: account for the CPU's choice
-        import torch
-
         device = torch.device("cpu")
-    return resolve_precision(device, "auto").dtype
+    if system.dtype != "auto":
+        return device, system.dtype
+    return device, resolve_precision(device, "auto").dtype

@@ -293,7 +293,8 @@ _backend: str | None = None  # None: resolve "auto" on first use
 def set_cpu_matmul(requested: str) -> CpuMatmul:
     """Use ``requested`` (see :func:`resolve_cpu_matmul`) for this process's float32 CPU products."""
     global _backend
-    choice = resolve_cpu_matmul(requested)
+    with _without_dispatch_modes():  # probes and timings on real tensors, whatever runs above
+        choice = resolve_cpu_matmul(requested)
     _backend = choice.backend
     return choice
 

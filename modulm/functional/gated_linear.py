@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from modulm.functional.attention import gate_grads_in_place, gated_silu
 from modulm.functional.linear import linear, product_kernels
+from modulm.functional.plain import plain
 
 
 class _GatedLinear(torch.autograd.Function):
@@ -60,7 +61,7 @@ def gated_linear(x: Tensor, w1: Tensor, w3: Tensor) -> Tensor:
     weights followed by :func:`gated_silu`. The two differ only in float32 rounding.
     """
     if (torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
-            or not all(type(t) in (Tensor, nn.Parameter) for t in (x, w1, w3))):
+            or not plain(x, w1, w3)):
         hidden = linear(x, torch.cat((w1, w3)))
         # hidden is this call's own: its memory can take its gradient (not while compiling, where
         # the graph is functional)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from modulm.functional.cpu_matmul import chosen, cpu_matmul
+from modulm.functional.plain import plain
 
 #: Products of fewer multiply-adds than this stay with torch's BLAS: a oneDNN call costs about 10 µs
 #: more (1×128×128: 2.5 against 12 µs; 64×128×128: 14 against 17; 256×128×128: 43 against 28).
@@ -28,7 +29,7 @@ def uses_onednn(*tensors: Tensor) -> bool:
     """Whether a product of these tensors takes the eager oneDNN path (float32 CPU, no autocast, not
     compiling: see :func:`linear` for the compiled one)."""
     if (torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or not torch.backends.mkldnn.enabled
-            or not all(type(t) in (Tensor, nn.Parameter) and t.device.type == "cpu" and t.dtype == torch.float32
+            or not all(plain(t) and t.device.type == "cpu" and t.dtype == torch.float32
                        and t.layout == torch.strided for t in tensors)):
         return False
     return cpu_matmul() == "onednn"  # resolved (and for "auto" timed) at the first such product

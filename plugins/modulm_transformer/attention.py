@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from modulm.functional.attention import causal_mask, scaled_dot_product_attention
 from modulm.functional.linear import linear
+from modulm.functional.plain import plain
 from modulm_transformer.cache import LayerKVCache
 from modulm_transformer.cpu_attention import block_causal_attention, block_causal_available, blocks_pay_off
 from modulm_transformer.layers import Linear
@@ -74,7 +75,7 @@ class CausalSelfAttention(nn.Module):
         """Whether :func:`rotated_qkv_heads` applies: a position module that states its rotations
         (RoPE), no QK-norm between the projection and the rotation, plain eager float32 tensors."""
         return (hasattr(self.position, "complex_rotations") and not hasattr(self, "q_norm")
-                and qkv.dtype == torch.float32 and type(qkv) is Tensor and not torch.compiler.is_compiling())
+                and qkv.dtype == torch.float32 and plain(qkv) and not torch.compiler.is_compiling())
 
     def _stacked_projection(self, x: Tensor) -> Tensor:
         """``[q | k | v]`` ``(..., T, 3 d_model)``: the three projections as one matmul against the

@@ -1,0 +1,150 @@
+"""The activation floor: what a forward pass keeps for backward, sized on fake tensors, against the
+same count on real tensors, and the preflight that refuses a micro-batch whose activations cannot fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modulm import preflight
+from modulm.activations import DIRECT_SEQUENCES, saved_activation_bytes
+from modulm.errors import OutOfMemory
+from modulm.evaluate import model_loss
+from modulm.recipe import recipe_from_dict, validate
+from modulm.runtime import autocast
+from modulm_transformer.model import TransformerLM
+from tests.runkit import cli, one_error_line, snapshot, tiny_recipe, write_recipe
+
+CPU = torch.device("cpu")
+
+
+def _meta(vocab=64, context=16, d_model=32, layers=1, heads=2, d_ff=64) -> TransformerLM:
+    with torch.device("meta"):
+        return TransformerLM(vocab, context, d_model, layers, heads, d_ff)
+
+
+def _real_saved_bytes(model: torch.nn.Module, sequences: int, context: int, dtype: str) -> int:
+    """The same count on real tensors: distinct storages autograd saves, less weights and token ids."""
+    state = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    ids = torch.randint(0, model.vocab_size, (sequences, context))
+    state.add(ids.untyped_storage().data_ptr())
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(tensor):
+        key = tensor.untyped_storage().data_ptr()
+        if key not in state:
+            saved.setdefault(key, tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model_loss(model, ids, ids, lambda: autocast(CPU, dtype), True)
+    return sum(t.untyped_storage().nbytes() for t in saved.values())
+
+
+@settings(max_examples=12)
+@given(sequences=st.integers(1, 2 * DIRECT_SEQUENCES + 5), context=st.integers(1, 16),
+       layers=st.integers(1, 2), dtype=st.sampled_from(["float32", "bfloat16"]))
+def test_the_fake_count_is_the_real_count(sequences, context, layers, dtype):
+    """Fake tensors keep what real ones keep, run whole or extrapolated past DIRECT_SEQUENCES."""
+    shape = dict(context=16, layers=layers)
+    torch.manual_seed(0)
+    real = TransformerLM(64, 16, 32, layers, 2, 64)
+    fake = saved_activation_bytes(_meta(**shape), sequences, context, CPU, lambda: autocast(CPU, dtype))
+    assert fake == _real_saved_bytes(real, sequences, context, dtype)
+
+
+def test_activations_grow_with_the_batch_and_dominate_a_large_one():
+    at = {n: saved_activation_bytes(_meta(), n, 16, CPU, lambda: autocast(CPU, "float32")) for n in (1, 4, 64)}
+    assert 0 < at[1] < at[4] < at[64]
+    assert at[64] == pytest.approx(at[4] + (at[4] - at[1]) / 3 * 60, rel=1e-6)  # linear in the sequences
+
+
+def test_a_model_that_reads_its_values_still_sizes_and_one_that_cannot_run_fake_is_none():
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(8, 8))
+            self.context_length = 4
+
+        def forward(self, ids):
+            x = self.weight[ids]
+            if (x > 1e9).any():  # a value read: answered False on fake tensors
+                x = x * 0
+            return x @ self.weight
+
+    class NeedsData(Branches):
+        def forward(self, ids):
+            return torch.from_numpy(self.weight.detach().numpy())[ids]
+
+    with torch.device("meta"):
+        branches, needs_data = Branches(), NeedsData()
+    assert saved_activation_bytes(branches, 2, 4, CPU, lambda: autocast(CPU, "float32")) == 2 * (2 * 4 * 8 * 4)  # x, and the logits for the loss
+    assert saved_activation_bytes(needs_data, 2, 4, CPU, lambda: autocast(CPU, "float32")) is None
+
+
+def _bound(tmp_path, **tables):
+    from modulm import plugins
+
+    return validate(recipe_from_dict(tiny_recipe(tmp_path, **tables)), plugins.load().registry)
+
+
+def test_the_floor_is_not_claimed_under_compile(tmp_path):
+    assert preflight.activation_floor(_bound(tmp_path), 64) > 0
+    assert preflight.activation_floor(_bound(tmp_path, system={"device": "cpu", "compile": True}), 64) is None
+    assert preflight.activation_floor(_bound(tmp_path), None) is None  # vocabulary unknown
+
+
+def test_a_micro_batch_whose_activations_cannot_fit_is_refused_naming_the_batch(tmp_path, monkeypatch):
+    from modulm import runtime
+    from modulm.strategy import micro_batch_token_bytes, training_state_memory
+
+    bound = _bound(tmp_path, training={"batch_size": 32, "grad_accum_steps": 2})
+    model = preflight.meta_model(bound, 64)
+    kept = preflight.activation_floor(bound, 64)
+    state = training_state_memory(model, bound["optimizer"], False, 1).total
+    _, ids = micro_batch_token_bytes(bound["training"], 16)
+    assert kept > state  # the tiny model: a micro-batch's activations outweigh its weights
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state + ids + kept)
+    preflight.check_training_memory(bound, model, activations=kept)  # exactly fits
+    preflight.check_training_memory(bound, model)  # activations unknown: not counted
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state + ids + kept - 1)
+    with pytest.raises(OutOfMemory, match=r"training.batch_size: one micro-batch of 16 x 16 tokens needs at least .* "
+                                          r"of activations kept for the backward pass.*at most about 15 sequences"):
+        preflight.check_training_memory(bound, model, activations=kept)
+
+
+def test_modulm_run_refuses_a_batch_of_too_many_activations_before_writing(tmp_path, capsys, monkeypatch):
+    """Token ids of 2^30 sequences of 16 take 256 GiB; their activations many times that."""
+    from modulm import runtime
+
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2**39)  # 512 GiB: the ids alone fit
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 2**30}))
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "run", path)
+    assert code == 2
+    one_error_line(err, f"one micro-batch of {2**30} x 16 tokens needs at least", "256.00 GiB of token ids",
+                   "of activations kept for the backward pass", "training.grad_accum_steps")
+    assert snapshot(tmp_path) == before
+
+
+def test_info_prints_the_activations(tmp_path, capsys):
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    code, out, _ = cli(capsys, "info", path)
+    assert code == 0
+    kept = preflight.activation_floor(_bound(tmp_path), 64)
+    from modulm.errors import human_bytes
+
+    assert f"Activations per micro-batch: at least {human_bytes(kept)} kept for the backward pass" in out
+
+
+def test_sizing_leaves_no_fake_tensor_in_the_kernels_scratch_buffers():
+    """The fused loss keeps scratch buffers between calls: one made fake would poison the real run."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from modulm.functional.workspace import workspace
+
+    assert saved_activation_bytes(_meta(vocab=4096), 4, 16, CPU, lambda: autocast(CPU, "float32")) > 0
+    for purpose in ("linear_cross_entropy", "linear_cross_entropy:wide"):
+        assert not isinstance(workspace(purpose, (1, 8), torch.float32, CPU), FakeTensor)
