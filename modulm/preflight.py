@@ -150,6 +150,7 @@ class Preflight:
     plan: Any
     iteration: int = 0
     complete: bool = False
+    warnings: tuple[str, ...] = ()
 
 
 def complete_message(run_dir: Path, iteration: int, max_iterations: int, resume: Path | None = None) -> str:
@@ -254,6 +255,19 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, 
         f"(model.d_model, model.num_layers, the vocabulary size){shard}. modulm info RECIPE prints these numbers")
 
 
+def process_warnings(bound: Mapping[str, Any], nproc: int) -> list[str]:
+    """A note where ``--nproc`` CPU processes are more than the CPUs this process can keep busy:
+    they share them, each step slower than with fewer processes."""
+    from modulm.machine import cpu_budget
+    from modulm.runtime import resolve_device
+
+    cpus = cpu_budget()
+    if nproc <= cpus or resolve_device(bound["system"].device).type != "cpu":
+        return []
+    return [f"--nproc {nproc}: more processes than the {cpus} CPUs this process can keep busy; they share "
+            f"them, one thread each, and a step is slower than with --nproc {cpus} or fewer"]
+
+
 def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
     """The checks that need no built component: recipe, training-state memory, run directory,
     checkpoint to resume, extras (``nproc``: the processes ``modulm run --nproc`` will start).
@@ -274,9 +288,10 @@ def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
     model = meta_model(bound, vocab_size)
     if model is not None:
         check_training_memory(bound, model, nproc, activation_floor(bound, vocab_size))
+    warnings = tuple(process_warnings(bound, nproc))
     chosen = rundir.plan(bound["checkpointing"])
     if chosen.resume is None:
-        return Preflight(chosen)
+        return Preflight(chosen, warnings=warnings)
     state = read_any(chosen.resume, mmap=True)  # a file, or a sharded (fsdp) directory
     if model is None:  # the vocabulary may be the checkpoint's
         model = meta_model(bound, (state.get("meta") or {}).get("vocab_size"))
@@ -284,4 +299,4 @@ def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
         check_resume(state, chosen.resume, model, resolved)
     iteration = int(state["iteration"])
     max_iterations = bound["training"].max_iterations
-    return Preflight(chosen, iteration, complete=iteration >= max_iterations)
+    return Preflight(chosen, iteration, complete=iteration >= max_iterations, warnings=warnings)

@@ -10,7 +10,6 @@ so a bf16 default there turned a 4-minute recipe into a 5-hour one. :func:`confi
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import random
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 
 from modulm.errors import ModulmError
 from modulm.functional.cpu_matmul import check_cpu_matmul, forget_cpu_matmul, set_cpu_matmul
+from modulm.machine import cpu_budget, cpu_quota, memory_limit, ram_and_swap, usable_cpus  # noqa: F401 (usable_cpus: re-exported)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The ATen CPU capabilities of x86 builds whose bf16 kernels are emulated (no AVX-512).
@@ -136,13 +136,9 @@ def grad_scaler(device: torch.device, dtype: str) -> Any:
 
 
 # -- threads and matmul precision ---------------------------------------------------------------
-def usable_cpus() -> list[int]:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-
-
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (hyper-threads counted once)."""
+    """Physical cores among the CPUs this process may run on (hyper-threads counted once), at most
+    its cgroup's CPU quota (:func:`modulm.machine.cpu_budget`)."""
     cpus = usable_cpus()
     cores = set()
     for cpu in cpus:
@@ -150,31 +146,27 @@ def physical_cores() -> int:
         try:
             cores.add(((topology / "physical_package_id").read_text().strip(), (topology / "core_id").read_text().strip()))
         except OSError:
-            return max(1, len(cpus))
-    return max(1, len(cores))
+            cores = set(cpus)
+            break
+    return max(1, min(len(cores), cpu_budget()))
 
 
 def cpu_memory() -> tuple[int, int] | None:
-    """This machine's RAM and swap in bytes (``/proc/meminfo``; RAM alone from ``sysconf`` elsewhere),
-    or None where neither can be read."""
-    try:
-        with open("/proc/meminfo") as info:
-            fields = dict(line.split(":", 1) for line in info if ":" in line)
-        return int(fields["MemTotal"].split()[0]) * 1024, int(fields.get("SwapTotal", "0 kB").split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), 0
-    except (ValueError, OSError, AttributeError):
-        return None
+    """This machine's RAM and swap in bytes, or None where neither can be read
+    (:func:`modulm.machine.ram_and_swap`; a cgroup's limit is :func:`device_memory_bytes`'s)."""
+    return ram_and_swap()
 
 
 def device_memory_bytes(device: torch.device) -> int | None:
-    """The memory one process's tensors can use at most on ``device``: RAM + swap for the CPU, the
-    GPU's memory for CUDA; None where it cannot be read (MPS, others)."""
+    """The memory one process's tensors can use at most on ``device``: RAM + swap for the CPU, or
+    less where its cgroup (a container's memory limit) allows less; the GPU's memory for CUDA; None
+    where it cannot be read (MPS, others)."""
     if device.type == "cpu":
         memory = cpu_memory()
-        return sum(memory) if memory else None
+        if not memory:
+            return None
+        limit = memory_limit(memory[1])
+        return sum(memory) if limit is None else min(sum(memory), limit)
     if device.type == "cuda":
         try:
             return torch.cuda.get_device_properties(device).total_memory
@@ -190,7 +182,9 @@ def device_memory(device: torch.device) -> str:
 
     if device.type == "cpu" and (memory := cpu_memory()):
         ram, swap = memory
-        return f"cpu with {human_bytes(ram)} of RAM" + (f" and {human_bytes(swap)} of swap" if swap else "")
+        text = f"cpu with {human_bytes(ram)} of RAM" + (f" and {human_bytes(swap)} of swap" if swap else "")
+        limit = device_memory_bytes(device)
+        return text if limit is None or limit >= ram + swap else f"{text}, {human_bytes(limit)} of it for this cgroup"
     total = device_memory_bytes(device)
     return f"{device} with {human_bytes(total)}" if total else str(device)
 
@@ -256,9 +250,14 @@ def configure(system: Any, device: torch.device) -> Runtime:
         raise ModulmError(f"system.{exc}") from None
     how = ("torch's default" if threads is None else
            "auto: physical cores" if getattr(system, "threads", None) == "auto" else "as set")
-    cpus = len(usable_cpus())
-    if threads is not None and threads > cpus:  # thousands of threads are slow, and past ~30000 torch crashes
-        how = f"system.threads = {threads} is more than the {cpus} CPUs this process may use"
+    cpus = cpu_budget()
+    quota = cpu_quota()
+    where = (f"the {cpus} CPUs its cgroup's quota ({quota:g}) lets this process keep busy"
+             if quota is not None and quota < len(usable_cpus()) else f"the {cpus} CPUs this process may use")
+    if threads is None and torch.get_num_threads() > cpus:  # torch counts the host's cores, not a container's quota
+        how, threads = f"torch's default of {torch.get_num_threads()}, capped at {where}", cpus
+    elif threads is not None and threads > cpus:  # thousands of threads are slow, and past ~30000 torch crashes
+        how = f"system.threads = {threads} is more than {where}"
         threads = cpus
     if threads is not None:
         torch.set_num_threads(threads)

@@ -125,7 +125,7 @@ class SystemSettings:
     dtype: "auto" (bfloat16 autocast where the device runs bf16 natively, else float32), "float32", or "bfloat16"/"float16" autocast (float16 uses a gradient scaler on CUDA)
     compile: wrap the model in torch.compile (the first step compiles: tens of seconds)
     seed: seeds parameters, sampling and data order (a non-negative integer)
-    threads: CPU threads for torch (torch.set_num_threads); unset keeps torch's default, "auto" means the physical cores; at most the CPUs this process may use
+    threads: CPU threads for torch (torch.set_num_threads); unset keeps torch's default, "auto" means the physical cores; at most the CPUs this process can keep busy (affinity and cgroup CPU quota)
     tf32: on CUDA, float32 matmuls and convolutions use TF32 tensor cores (ignored elsewhere)
     cpu_matmul: the library for float32 matrix products on a CPU: "auto" (the CPU's default, oneDNN on x86 CPUs not made by Intel that have AVX-512 and torch's BLAS elsewhere, unless a timing once per machine finds the other at least 1.05x as fast), "onednn" or "blas"
     """

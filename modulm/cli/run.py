@@ -45,6 +45,8 @@ def run(args) -> int:
     recipe = load_recipe(args.recipe, overrides)
     # Before any data is prepared or the run directory touched: recipe, run directory, checkpoint, extras.
     checked = preflight.before_build(recipe, pm.registry, args.nproc)
+    for warning in checked.warnings:
+        print(f"modulm: warning: {warning}", file=sys.stderr)
     if checked.complete:
         max_iterations = validate(recipe, pm.registry)["training"].max_iterations
         print(preflight.complete_message(checked.plan.run_dir, checked.iteration, max_iterations, checked.plan.resume))

@@ -9,11 +9,13 @@ Exit status: 0 when every point ended (finished, diverged or pruned), 1 when a p
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 from modulm.cli._common import plugin_manager
 from modulm.errors import ModulmError
+from modulm.machine import cpu_budget
 
 
 def register(subparsers) -> None:
@@ -44,6 +46,9 @@ def run(args) -> int:
     runner = Runner(spec, Path(args.out) / spec.name, args.jobs, plugins=args.plugins)
     validate_points(spec, pm.registry, runner.run_overrides)
     runner.check_recorded(spec.points)
+    if args.jobs > (cpus := cpu_budget()):
+        print(f"modulm: warning: --jobs {args.jobs}: more points at a time than the {cpus} CPUs this process can "
+              "keep busy; CPU runs share them, each slower", file=sys.stderr)
     if args.dry_run:
         return _list(runner)
     runner.sweep_dir.mkdir(parents=True, exist_ok=True)

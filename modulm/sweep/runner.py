@@ -30,6 +30,7 @@ from typing import Any, Callable, TextIO
 from modulm import rundir
 from modulm.errors import ModulmError
 from modulm.fileio import atomic_write_text
+from modulm.machine import cpu_budget
 from modulm.plot import METRICS_FILE
 from modulm.sweep.spec import Point, SweepSpec
 from modulm.tomlwrite import _value as toml_literal
@@ -66,13 +67,6 @@ def read_events(run_dir: Path) -> list[dict]:
         if isinstance(event, dict):
             events.append(event)
     return events
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def system_has_threads_setting() -> bool:
@@ -212,7 +206,7 @@ class Runner:
         self.spec, self.sweep_dir, self.jobs = spec, Path(sweep_dir), jobs
         self.plugins = plugins or []
         self.out = out or sys.stdout
-        self.threads = max(1, available_cores() // jobs) if jobs > 1 else int(os.environ.get("OMP_NUM_THREADS") or available_cores())
+        self.threads = max(1, cpu_budget() // jobs) if jobs > 1 else int(os.environ.get("OMP_NUM_THREADS") or cpu_budget())
         self.stop_signal: int | None = None
         self.state = SweepState(self.sweep_dir, spec)
 

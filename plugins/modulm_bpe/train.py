@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 from modulm.errors import ModulmError
+from modulm.machine import cpu_budget
 
 from modulm_bpe.corpus import byte_ranges, check_inputs, count_job
 from modulm_bpe.pretokenize import check_special_tokens
@@ -180,7 +181,7 @@ def count_pretokens(paths, special_tokens: Sequence[str], num_workers: int | Non
     paths = check_inputs(paths)
     total_bytes = sum(os.path.getsize(p) for p in paths)
     if num_workers is None:
-        workers = 1 if total_bytes < _MIN_PARALLEL_BYTES else min(os.cpu_count() or 1, _MAX_AUTO_WORKERS)
+        workers = 1 if total_bytes < _MIN_PARALLEL_BYTES else min(cpu_budget(), _MAX_AUTO_WORKERS)
     elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ModulmError(f"num_workers must be a positive integer or None, got {num_workers!r}")
     else:

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from modulm.errors import ModulmError
+from modulm.machine import cpu_budget
 from modulm_data.documents import read_blocks
 from modulm_data.tokenfile import NpyWriter
 
@@ -136,12 +137,9 @@ def encode_chunks(chunks: Iterable[str], tokenizer: Any, dtype: str, workers: in
 
 
 def default_workers() -> int:
-    """Worker processes to use when none are asked for: the CPUs this process may use, at most 8."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(available, 8))
+    """Worker processes to use when none are asked for: the CPUs this process can keep busy (its
+    affinity and cgroup CPU quota, :func:`modulm.machine.cpu_budget`), at most 8."""
+    return min(cpu_budget(), 8)
 
 
 def _progress(total: int | None, desc: str):
