@@ -45,14 +45,32 @@ def _real_saved_bytes(model: torch.nn.Module, sequences: int, context: int, dtyp
 
 @settings(max_examples=12)
 @given(sequences=st.integers(1, 2 * DIRECT_SEQUENCES + 5), context=st.integers(1, 16),
-       layers=st.integers(1, 2), dtype=st.sampled_from(["float32", "bfloat16"]))
+       layers=st.integers(1, 4), dtype=st.sampled_from(["float32", "bfloat16"]))
 def test_the_fake_count_is_the_real_count(sequences, context, layers, dtype):
-    """Fake tensors keep what real ones keep, run whole or extrapolated past DIRECT_SEQUENCES."""
+    """Fake tensors keep what real ones keep, run whole or extrapolated past DIRECT_SEQUENCES
+    sequences and past two identical blocks."""
     shape = dict(context=16, layers=layers)
     torch.manual_seed(0)
     real = TransformerLM(64, 16, 32, layers, 2, 64)
     fake = saved_activation_bytes(_meta(**shape), sequences, context, CPU, lambda: autocast(CPU, dtype))
     assert fake == _real_saved_bytes(real, sequences, context, dtype)
+
+
+def test_blocks_that_differ_are_each_run_and_a_pass_past_the_time_limit_claims_nothing(monkeypatch):
+    from modulm import activations
+
+    model = _meta(layers=3)
+    with torch.device("meta"):
+        model.layers[2] = TransformerLM(64, 16, 32, 1, 2, 128).layers[0]  # a wider FFN: not identical
+    assert activations._identical_blocks(model) is None
+    assert activations._identical_blocks(_meta(layers=3)) is not None
+    torch.manual_seed(0)
+    real = TransformerLM(64, 16, 32, 3, 2, 64)
+    real.layers[2] = TransformerLM(64, 16, 32, 1, 2, 128).layers[0]
+    sized = saved_activation_bytes(model, 3, 16, CPU, lambda: autocast(CPU, "float32"))
+    assert sized == _real_saved_bytes(real, 3, 16, "float32")
+    monkeypatch.setattr(activations, "TIME_LIMIT_S", 0.0)
+    assert saved_activation_bytes(_meta(), 3, 16, CPU, lambda: autocast(CPU, "float32")) is None
 
 
 def test_activations_grow_with_the_batch_and_dominate_a_large_one():
