@@ -8,7 +8,9 @@ A run that fails preflight leaves the file system exactly as it was. The checks,
   its forward pass keeps (sized on fake tensors, :mod:`modulm.activations`), against the device's
   memory;
 * the run directory (:func:`modulm.rundir.plan`): not an empty string, not under a file, creatable
-  and writable (probed with a file removed at once), and what starting there means;
+  and writable (probed with a file removed at once), and what starting there means; its disk's
+  free space for a checkpoint (refused) and for all the run may keep (a warning,
+  :mod:`modulm.storage`);
 * the checkpoint to resume (:func:`modulm.checkpoint.read_checkpoint`): readable, a modulm
   checkpoint, tensors of the shapes this recipe builds. A recipe that differs from the one stored in
   the checkpoint is named key by key: refused when the model's tensors no longer fit, a one-line
@@ -268,6 +270,18 @@ def process_warnings(bound: Mapping[str, Any], nproc: int) -> list[str]:
             f"them, one thread each, and a step is slower than with --nproc {cpus} or fewer"]
 
 
+def disk_warnings(bound: Mapping[str, Any], model: Any, run_dir: Path) -> list[str]:
+    """:func:`modulm.storage.check_disk_space` for the checkpoints of ``model`` (on the meta
+    device) and the recipe's optimizer: refuses a disk that cannot hold one, warns where it cannot
+    hold all the run may keep."""
+    from modulm.storage import check_disk_space, periodic_checkpoints
+    from modulm.strategy import training_state_memory
+
+    use = training_state_memory(model, bound["optimizer"], False, 1)  # a checkpoint is whole, however sharded
+    periodic = periodic_checkpoints(bound["checkpointing"], bound["training"].max_iterations)
+    return check_disk_space(run_dir, use.parameters + (use.optimizer or 0), periodic)
+
+
 def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
     """The checks that need no built component: recipe, training-state memory, run directory,
     checkpoint to resume, extras (``nproc``: the processes ``modulm run --nproc`` will start).
@@ -288,8 +302,11 @@ def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
     model = meta_model(bound, vocab_size)
     if model is not None:
         check_training_memory(bound, model, nproc, activation_floor(bound, vocab_size))
-    warnings = tuple(process_warnings(bound, nproc))
+    warnings = process_warnings(bound, nproc)
     chosen = rundir.plan(bound["checkpointing"])
+    if model is not None:
+        warnings += disk_warnings(bound, model, chosen.run_dir)
+    warnings = tuple(warnings)
     if chosen.resume is None:
         return Preflight(chosen, warnings=warnings)
     state = read_any(chosen.resume, mmap=True)  # a file, or a sharded (fsdp) directory
