@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,41 @@ _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
 
 def cache_dir() -> Path:
     """Where modulm caches derived files (data, the CPU's matmul timing): ``$MODULM_CACHE_DIR`` or
-    ``~/.cache/modulm``."""
-    return Path(os.environ.get("MODULM_CACHE_DIR") or Path.home() / ".cache" / "modulm")
+    ``~/.cache/modulm``. Where that cannot be made or written (a read-only home, no home at all),
+    this user's ``modulm-cache-UID`` in the system's temporary directory, said once per process on
+    stderr; where neither can, the first (the write that needs it then names it)."""
+    return _usable_cache_dir(os.environ.get("MODULM_CACHE_DIR") or "")
+
+
+_CACHE_FALLBACKS_SAID: set[str] = set()
+
+
+def _writable_dir(path: Path) -> str | None:
+    """None where ``path`` is (or could be made) a directory this process writes; else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+
+
+def _usable_cache_dir(requested: str) -> Path:
+    try:
+        chosen = Path(requested) if requested else Path.home() / ".cache" / "modulm"
+    except RuntimeError:  # no HOME and no password entry to find one
+        chosen = None
+    why = "no home directory" if chosen is None else _writable_dir(chosen)
+    if why is None:
+        return chosen
+    fallback = Path(tempfile.gettempdir()) / f"modulm-cache-{getattr(os, 'getuid', lambda: 'user')()}"
+    if _writable_dir(fallback) is not None:
+        return chosen if chosen is not None else fallback
+    if str(fallback) not in _CACHE_FALLBACKS_SAID:
+        _CACHE_FALLBACKS_SAID.add(str(fallback))
+        where = f"the cache directory {chosen}" if chosen is not None else "a cache directory"
+        print(f"modulm: warning: cannot use {where} ({why}); caching in {fallback} instead "
+              "(set MODULM_CACHE_DIR to choose)", file=sys.stderr)
+    return fallback
 
 
 def umask() -> int:

@@ -77,3 +77,32 @@ def test_modulm_run_warns_of_a_disk_too_small_for_every_checkpoint_and_trains(tm
     # checkpoint_interval 2 of 4 iterations, keep_last 3: two periodic, the best and the final
     assert any(line.startswith("modulm: warning: checkpointing.checkpoint_dir: the run may keep 4 checkpoints")
                for line in err), err
+
+
+# -- the cache directory --------------------------------------------------------------------------
+
+def test_an_unusable_cache_directory_falls_back_to_the_temporary_directory_once(tmp_path, monkeypatch, capsys):
+    from modulm import fileio
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setattr(fileio.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(fileio, "_CACHE_FALLBACKS_SAID", set())
+    monkeypatch.setenv("MODULM_CACHE_DIR", str(blocker / "cache"))
+    first, second = fileio.cache_dir(), fileio.cache_dir()
+    assert first == second and first.parent == tmp_path / "tmp" and first.name.startswith("modulm-cache-")
+    assert first.is_dir()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"modulm: warning: cannot use the cache directory {blocker / 'cache'} (Not a directory); "
+                   f"caching in {first} instead (set MODULM_CACHE_DIR to choose)"]  # said once
+
+
+def test_a_usable_cache_directory_is_used_and_made(tmp_path, monkeypatch, capsys):
+    from modulm import fileio
+
+    monkeypatch.setenv("MODULM_CACHE_DIR", str(tmp_path / "deep" / "cache"))
+    assert fileio.cache_dir() == tmp_path / "deep" / "cache" and (tmp_path / "deep" / "cache").is_dir()
+    monkeypatch.delenv("MODULM_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert fileio.cache_dir() == tmp_path / "home" / ".cache" / "modulm"
+    assert capsys.readouterr().err == ""
