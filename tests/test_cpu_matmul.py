@@ -125,12 +125,19 @@ def test_a_damaged_cache_is_measured_again_and_mended(machine, tmp_path, content
 
 
 def test_an_unwritable_cache_still_gives_a_choice(machine, monkeypatch, tmp_path):
+    from modulm import fileio
+
     blocker = tmp_path / "file"
     blocker.write_text("")
     measured = machine("AuthenticAMD", 2.0)
     monkeypatch.setenv("MODULM_CACHE_DIR", str(blocker / "cache"))  # a directory under a file
+    monkeypatch.setattr(fileio.tempfile, "gettempdir", lambda: str(blocker))  # and no fallback either
     assert cm.resolve_cpu_matmul("auto").backend == "onednn"
     assert cm.resolve_cpu_matmul("auto").backend == "onednn" and len(measured) == 2
+    monkeypatch.setattr(fileio.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))  # the fallback keeps it
+    assert cm.resolve_cpu_matmul("auto").backend == "onednn"
+    assert cm.resolve_cpu_matmul("auto").backend == "onednn" and len(measured) == 3
+    assert list((tmp_path / "tmp").glob("modulm-cache-*/cpu_matmul.json"))
 
 
 def test_without_a_home_directory_the_timing_is_taken_and_not_kept(machine, monkeypatch):
