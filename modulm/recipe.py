@@ -198,11 +198,26 @@ def _check_suffix(path: Path) -> None:
                           "`modulm init recipe.toml` writes a starter recipe to edit")
 
 
+#: Top-level keys of a sweep file that no recipe has.
+_SWEEP_ONLY = ("base", "grid", "variant", "search", "seeds")
+#: The tables a recipe is made of.
+RECIPE_TABLES = ("data", "model", "optimizer", "schedule", "training", "checkpointing", "logging", "system")
+
+
+def _check_not_a_sweep(path: Path, top: Mapping[str, Any]) -> None:
+    """One line for a sweep file given where a recipe is expected (not a list of unknown keys)."""
+    found = [key for key in _SWEEP_ONLY if key in top]
+    if "base" in found and not any(table in top for table in RECIPE_TABLES):
+        shown = ", ".join(f"[{k}]" if isinstance(top[k], (dict, list)) else k for k in found)
+        raise ModulmError(f"{path}: a sweep file, not a recipe (it has {shown}): run it with modulm sweep {path}")
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read ``path`` (following ``extends``) and apply ``overrides`` (``key.path=value``)."""
     path = Path(path)
     _check_suffix(path)
     layers = _load_layers(path, ())
+    _check_not_a_sweep(path, layers[-1][1])
     data: dict[str, Any] = {}
     origins: dict[tuple, str] = {}
     for source, layer in layers:

@@ -154,3 +154,21 @@ def test_compare_lists_a_run_named_twice_once(tmp_path):
         (tmp_path / name / "metrics.jsonl").write_text('{"event": "train", "step": 0, "loss": 1.0}\n')
     runs = expand([tmp_path / "a", tmp_path / "b", tmp_path / "b" / ".." / "a", tmp_path])
     assert [run for run, _ in runs] == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_a_recipe_given_as_a_sweep_and_a_sweep_given_as_a_recipe_are_one_line_each(tmp_path, capsys):
+    from tests.runkit import cli, one_error_line, snapshot, write_recipe
+    from tests.runkit import tiny_recipe as run_recipe
+
+    recipe = write_recipe(tmp_path, run_recipe(tmp_path))
+    sweep = sweep_file(tmp_path, 'base = "r.toml"\n[grid]\n"optimizer.lr" = [1e-3]\n')
+    before = snapshot(tmp_path)
+    code, _, err = cli(capsys, "sweep", recipe, "--dry-run")
+    assert code == 2
+    one_error_line(err, f"{recipe}: a recipe, not a sweep file (it has [data], [model]", f"modulm run {recipe}",
+                   'base = "r.toml"')
+    for command in ("run", "validate", "info"):
+        code, _, err = cli(capsys, command, sweep)
+        assert code == 2
+        one_error_line(err, f"{sweep}: a sweep file, not a recipe (it has base, [grid]): run it with modulm sweep {sweep}")
+    assert snapshot(tmp_path) == before
