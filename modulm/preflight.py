@@ -231,13 +231,14 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, 
     needed = (use.total + ids + kept) * processes
     if needed <= limit:
         return
-    optimizer_part = f" + optimizer state {human_bytes(use.optimizer)}" if use.optimizer is not None else ""
     per = f" per process x {processes} processes" if processes > 1 else ""
     if ids + kept > use.total:  # the batch, not the model, is what cannot fit
         batch = ids + kept
         room = limit // processes - use.total
         fit = room * micro_batch // batch if room > 0 else 0
-        fits = f" (at most about {fit} sequences of {context} tokens fit in a micro-batch)" if fit else ""
+        advice = (f" (at most about {fit} sequences of {context} tokens fit in a micro-batch); make training.batch_size "
+                  "smaller, split it with training.grad_accum_steps, or shorten model.context_length" if fit else
+                  f", and not even one sequence of {context} tokens fits; shorten model.context_length")
         if kept:
             what = (f"tokens needs at least {human_bytes(batch)} ({human_bytes(ids)} of token ids, int64 inputs and "
                     f"targets, + {human_bytes(kept)} of activations kept for the backward pass){per}, on top of")
@@ -245,16 +246,17 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, 
             what = f"token ids (inputs and targets, int64) takes {human_bytes(ids)}{per}, before"
         raise OutOfMemory(
             f"training.batch_size: one micro-batch of {micro_batch} x {context} {what} the model's "
-            f"{human_bytes(use.total)}: more than {device_memory(device)}{fits}; make training.batch_size smaller, "
-            "split it with training.grad_accum_steps, or shorten model.context_length")
+            f"{human_bytes(use.total)}: more than {device_memory(device)}{advice}")
     shard = ", or shard it over more GPUs with distributed.strategy = \"fsdp\"" if device.type == "cuda" else ""
     kept_part = f" + activations {human_bytes(kept)}" if kept else ""
+    smaller = "model.d_model, model.num_layers, the vocabulary size"
+    if use.buffers > use.parameters:  # tables built up to the context length (RoPE's)
+        smaller = f"model.context_length, whose buffers take {human_bytes(use.buffers)}; {smaller}"
     raise OutOfMemory(
         f"model: training it needs {'at least ' if kept else ''}{human_bytes(needed)}"
-        f"{'' if kept else ' before any activation'} (parameters "
-        f"{human_bytes(use.parameters)} + gradients {human_bytes(use.gradients)}{optimizer_part} + a micro-batch's "
-        f"token ids {human_bytes(ids)}{kept_part}{per}), more than {device_memory(device)}; make it smaller "
-        f"(model.d_model, model.num_layers, the vocabulary size){shard}. modulm info RECIPE prints these numbers")
+        f"{'' if kept else ' before any activation'} ({use.parts()} + a micro-batch's token ids "
+        f"{human_bytes(ids)}{kept_part}{per}), more than {device_memory(device)}; make it smaller ({smaller}){shard}. "
+        "modulm info RECIPE prints these numbers")
 
 
 def process_warnings(bound: Mapping[str, Any], nproc: int) -> list[str]:

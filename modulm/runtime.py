@@ -183,7 +183,7 @@ def device_memory(device: torch.device) -> str:
     if device.type == "cpu" and (memory := cpu_memory()):
         ram, swap = memory
         text = f"cpu with {human_bytes(ram)} of RAM" + (f" and {human_bytes(swap)} of swap" if swap else "")
-        limit = device_memory_bytes(device)
+        limit = memory_limit(swap)
         return text if limit is None or limit >= ram + swap else f"{text}, {human_bytes(limit)} of it for this cgroup"
     total = device_memory_bytes(device)
     return f"{device} with {human_bytes(total)}" if total else str(device)

@@ -53,16 +53,22 @@ class MemoryUse:
     parameters: int
     gradients: int
     optimizer: int | None  # None: the optimizer's state size could not be probed
+    buffers: int = 0  # the model's buffers (RoPE tables, ...): not trained, never sharded
 
     @property
     def total(self) -> int:
-        return self.parameters + self.gradients + (self.optimizer or 0)
+        return self.parameters + self.gradients + (self.optimizer or 0) + self.buffers
+
+    def parts(self) -> str:
+        """``parameters X + gradients Y + optimizer state Z`` (``+ buffers W`` where there are some)."""
+        optimizer = human_bytes(self.optimizer) if self.optimizer is not None else "unknown"
+        buffers = f" + buffers {human_bytes(self.buffers)}" if self.buffers else ""
+        return (f"parameters {human_bytes(self.parameters)} + gradients {human_bytes(self.gradients)} + optimizer "
+                f"state {optimizer}{buffers}")
 
     def line(self, strategy_name: str, world_size: int) -> str:
-        optimizer = human_bytes(self.optimizer) if self.optimizer is not None else "unknown"
         return (f"Memory per process ({strategy_name}, {world_size} process{'es' if world_size > 1 else ''}): "
-                f"parameters {human_bytes(self.parameters)} + gradients {human_bytes(self.gradients)} + optimizer "
-                f"state {optimizer} = {human_bytes(self.total)}")
+                f"{self.parts()} = {human_bytes(self.total)}")
 
 
 def optimizer_bytes_per_element(optimizer: torch.optim.Optimizer) -> float | None:
@@ -83,10 +89,10 @@ def optimizer_bytes_per_element(optimizer: torch.optim.Optimizer) -> float | Non
 
 def memory_per_process(model: torch.nn.Module, optimizer_bytes: float | None, sharded: bool,
                        world_size: int) -> MemoryUse:
-    """Parameter, gradient (same dtype as the parameter) and optimizer bytes on the process that
-    holds most: every tensor whole (ddp), or its first ``ceil(rows / N)`` rows (fsdp, rank 0's
-    shard: FSDP2 splits each tensor along dim 0 into N chunks). ``model`` may live on the meta
-    device; sharded parameters count by their global shape."""
+    """Parameter, gradient (same dtype as the parameter), optimizer and buffer bytes on the process
+    that holds most: every tensor whole (ddp), or its first ``ceil(rows / N)`` rows (fsdp, rank 0's
+    shard: FSDP2 splits each tensor along dim 0 into N chunks; buffers stay whole). ``model`` may
+    live on the meta device; sharded parameters count by their global shape."""
     elements, parameters = 0, 0
     for p in model.parameters():
         numel = p.numel()
@@ -95,7 +101,8 @@ def memory_per_process(model: torch.nn.Module, optimizer_bytes: float | None, sh
         elements += numel
         parameters += numel * p.element_size()
     optimizer = round(elements * optimizer_bytes) if optimizer_bytes is not None else None
-    return MemoryUse(parameters, parameters, optimizer)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return MemoryUse(parameters, parameters, optimizer, buffers)
 
 
 def training_state_memory(model: torch.nn.Module, optimizer_factory: Any, sharded: bool,

@@ -166,3 +166,26 @@ def test_sizing_leaves_no_fake_tensor_in_the_kernels_scratch_buffers():
     assert saved_activation_bytes(_meta(vocab=4096), 4, 16, CPU, lambda: autocast(CPU, "float32")) > 0
     for purpose in ("linear_cross_entropy", "linear_cross_entropy:wide"):
         assert not isinstance(workspace(purpose, (1, 8), torch.float32, CPU), FakeTensor)
+
+
+def test_a_long_context_sizes_in_one_chunk_and_grows_with_the_context():
+    """The losses' chunk loops run as one chunk on fake tensors: a context of millions sizes at once."""
+    cpu32 = lambda: autocast(CPU, "float32")  # noqa: E731
+    short = saved_activation_bytes(_meta(context=2**10), 2, 2**10, CPU, cpu32)
+    long = saved_activation_bytes(_meta(context=2**22), 2, 2**22, CPU, cpu32)
+    assert long == pytest.approx(short * 2**12, rel=0.01)  # flash attention keeps O(T) a head; a few fixed tensors
+
+
+def test_a_context_too_long_for_even_one_sequence_says_so(tmp_path, monkeypatch):
+    from modulm import runtime
+
+    bound = _bound(tmp_path, model={"context_length": 2**24}, training={"batch_size": 1})
+    model = preflight.meta_model(bound, 64)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2**33)
+    with pytest.raises(OutOfMemory, match=r"one micro-batch of 1 x 16777216 tokens .* not even one sequence of "
+                                          r"16777216 tokens fits; shorten model.context_length$"):
+        preflight.check_training_memory(bound, model, activations=preflight.activation_floor(bound, 64))
+    with pytest.raises(OutOfMemory, match=r"buffers 1.00 GiB .*make it smaller \(model.context_length, whose buffers "
+                                          r"take 1.00 GiB;"):
+        monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2**29)
+        preflight.check_training_memory(bound, model)  # RoPE's tables: 2^24 x 8 cos and sin, float32

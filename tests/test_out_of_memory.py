@@ -142,13 +142,14 @@ def test_other_runtime_errors_still_raise(tmp_path, capsys, monkeypatch):
 
 
 def test_a_batch_whose_token_ids_cannot_fit_is_refused_before_anything_is_written(tmp_path, capsys):
-    """2^47 sequences of 16 int64 inputs and targets: 32 PiB before the model (225.5 KiB) is counted."""
+    """2^47 sequences of 16 int64 inputs and targets: 32 PiB before the model (226.5 KiB with its RoPE
+    tables) is counted."""
     path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 2**47}))
     before = snapshot(tmp_path)
     code, _, err = cli(capsys, "run", path)
     assert code == 2
     one_error_line(err, f"training.batch_size: one micro-batch of {2**47} x 16 tokens needs at least",
-                   "32.00 PiB of token ids", "of activations kept for the backward pass", "on top of the model's 225.50 KiB",
+                   "32.00 PiB of token ids", "of activations kept for the backward pass", "on top of the model's 226.50 KiB",
                    "sequences of 16 tokens fit in a micro-batch", "training.grad_accum_steps")
     assert snapshot(tmp_path) == before
 
@@ -197,7 +198,9 @@ TOKEN_IDS = 2 * 8 * 4 * 16  # the tiny recipe's micro-batch: int64 inputs and ta
 
 def _training_state_bytes(model) -> int:
     elements = sum(p.numel() for p in model.parameters())
-    return elements * 4 * 4 + TOKEN_IDS  # float32 parameters, gradients and AdamW's two moments; the batch
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())  # RoPE's tables
+    # float32 parameters, gradients and AdamW's two moments; the buffers; the batch
+    return elements * 4 * 4 + buffers + TOKEN_IDS
 
 
 def test_the_limit_is_the_training_state_and_processes_on_one_cpu_share_it(tmp_path, monkeypatch):
@@ -239,13 +242,16 @@ def test_an_optimizer_that_cannot_be_sized_still_leaves_parameters_and_gradients
     bound = {**bound, "optimizer": unsized}
     use = training_state_memory(model, unsized, sharded=False, world_size=1)
     weights = sum(p.numel() for p in model.parameters()) * 4
-    assert (use.parameters, use.gradients, use.optimizer, use.total) == (weights, weights, None, 2 * weights)
-    assert use.line("single process", 1).endswith(f"optimizer state unknown = {human_bytes(2 * weights)}")
-    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights + TOKEN_IDS)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    state = 2 * weights + buffers
+    assert (use.parameters, use.gradients, use.optimizer, use.buffers, use.total) == (weights, weights, None, buffers, state)
+    assert use.line("single process", 1).endswith(f"optimizer state unknown + buffers {human_bytes(buffers)} = "
+                                                  f"{human_bytes(state)}")
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state + TOKEN_IDS)
     preflight.check_training_memory(bound, model)
-    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2 * weights + TOKEN_IDS - 1)
-    with pytest.raises(OutOfMemory, match=r"\(parameters [^)+]* \+ gradients [^)+]* \+ a micro-batch's token ids "
-                                          r"1.00 KiB\), more than cpu"):
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state + TOKEN_IDS - 1)
+    with pytest.raises(OutOfMemory, match=r"\(parameters [^)+]* \+ gradients [^)+]* \+ optimizer state unknown \+ "
+                                          r"buffers [^)+]* \+ a micro-batch's token ids 1.00 KiB\), more than cpu"):
         preflight.check_training_memory(bound, model)
 
 

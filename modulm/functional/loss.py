@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from modulm.functional.linear import linear, uses_onednn, weight_grad
+from modulm.functional.plain import dispatch_mode_active
 from modulm.functional.workspace import workspace
 
 #: Elements (rows x vocab) per chunk on the CPU: 4 MiB of float32, so a chunk stays in cache
@@ -36,6 +37,8 @@ _LOG2_E = 1.0 / math.log(2.0)
 
 
 def _chunk_rows(rows: int, vocab: int, device: torch.device) -> int:
+    if dispatch_mode_active():  # sized on fake tensors (modulm.activations): one chunk, not thousands of loop turns
+        return max(1, rows)
     budget = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
     return max(1, min(rows, budget // max(vocab, 1)))
 
@@ -148,6 +151,8 @@ _MIN_FUSED_ROWS = 256
 
 
 def _fused_chunk_rows(rows: int, vocab: int, device: torch.device) -> int:
+    if dispatch_mode_active():  # sized on fake tensors (modulm.activations): one chunk, not thousands of loop turns
+        return max(1, rows)
     budget = _CPU_FUSED_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
     return max(1, min(rows, max(budget // max(vocab, 1), _MIN_FUSED_ROWS)))
 

@@ -1,4 +1,5 @@
-"""Which tensors the hand-written kernels take: plain ones, not subclasses with their own rules.
+"""Which tensors the hand-written kernels take: plain ones, not subclasses with their own rules;
+and whether a dispatch mode (fake tensors, a tracer) watches them.
 
 A tensor subclass such as ``DTensor`` (FSDP2's shards) must go through the ops it overrides, so
 the fused kernels see only :class:`torch.Tensor` and :class:`torch.nn.Parameter`, and the fake
@@ -8,6 +9,7 @@ fake tensor must take the path a real one takes, or it would size another comput
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 try:
@@ -21,3 +23,11 @@ except ImportError:  # a torch without fake tensors
 def plain(*tensors: Tensor) -> bool:
     """Whether every one of ``tensors`` is a plain tensor or parameter (or a fake one)."""
     return all(type(t) in _PLAIN for t in tensors)
+
+
+def dispatch_mode_active() -> bool:
+    """Whether a Python dispatch mode (``FakeTensorMode`` and the like) is active: the kernels then
+    keep no buffer between calls (what it makes must not outlive it, nor a real buffer enter it)
+    and run a chunked loop as one chunk (the same operations, each seen once)."""
+    stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return bool(stack_depth()) if stack_depth is not None else False

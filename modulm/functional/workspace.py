@@ -13,13 +13,9 @@ import threading
 import torch
 from torch import Tensor
 
+from modulm.functional.plain import dispatch_mode_active
+
 _KEPT = threading.local()
-
-
-def _dispatch_modes() -> int:
-    """How many Python dispatch modes (``FakeTensorMode`` and the like) are active."""
-    stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
-    return stack_depth() if stack_depth is not None else 0
 
 
 def workspace(purpose: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -28,7 +24,7 @@ def workspace(purpose: str, shape: tuple[int, ...] | torch.Size, dtype: torch.dt
     kept buffer for ``purpose`` (grown when too small); on accelerators, whose caching allocators
     already reuse memory, and under a dispatch mode (fake tensors, a tracer: what it makes must not
     outlive it, nor a real buffer enter it), a new tensor."""
-    if device.type != "cpu" or _dispatch_modes():
+    if device.type != "cpu" or dispatch_mode_active():
         return torch.empty(shape, dtype=dtype, device=device)
     numel = 1
     for size in shape:
