@@ -35,12 +35,15 @@ _CACHE_FALLBACKS_SAID: set[str] = set()
 
 
 def _writable_dir(path: Path) -> str | None:
-    """None where ``path`` is (or could be made) a directory this process writes; else why not."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    """None where ``path`` is a directory this process can write, or could be made one (its
+    nearest existing parent is a writable directory: nothing is created here); else why not."""
+    for candidate in (path, *path.parents):
+        if not candidate.exists():
+            continue
+        if not candidate.is_dir():
+            return "Not a directory"
+        return None if os.access(candidate, os.W_OK | os.X_OK) else "not writable"
+    return "no existing parent"
 
 
 def _usable_cache_dir(requested: str) -> Path:

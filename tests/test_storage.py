@@ -91,17 +91,17 @@ def test_an_unusable_cache_directory_falls_back_to_the_temporary_directory_once(
     monkeypatch.setenv("MODULM_CACHE_DIR", str(blocker / "cache"))
     first, second = fileio.cache_dir(), fileio.cache_dir()
     assert first == second and first.parent == tmp_path / "tmp" and first.name.startswith("modulm-cache-")
-    assert first.is_dir()
+    assert not (tmp_path / "tmp").exists()  # asking writes nothing: the first cache write makes it
     err = capsys.readouterr().err.splitlines()
     assert err == [f"modulm: warning: cannot use the cache directory {blocker / 'cache'} (Not a directory); "
                    f"caching in {first} instead (set MODULM_CACHE_DIR to choose)"]  # said once
 
 
-def test_a_usable_cache_directory_is_used_and_made(tmp_path, monkeypatch, capsys):
+def test_a_usable_cache_directory_is_used_and_not_made_until_written(tmp_path, monkeypatch, capsys):
     from modulm import fileio
 
     monkeypatch.setenv("MODULM_CACHE_DIR", str(tmp_path / "deep" / "cache"))
-    assert fileio.cache_dir() == tmp_path / "deep" / "cache" and (tmp_path / "deep" / "cache").is_dir()
+    assert fileio.cache_dir() == tmp_path / "deep" / "cache" and not (tmp_path / "deep").exists()
     monkeypatch.delenv("MODULM_CACHE_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert fileio.cache_dir() == tmp_path / "home" / ".cache" / "modulm"
