@@ -20,7 +20,7 @@ import torch
 
 from modulm.errors import ModulmError
 from modulm.functional.cpu_matmul import check_cpu_matmul, forget_cpu_matmul, set_cpu_matmul
-from modulm.machine import cpu_budget, cpu_quota, memory_limit, ram_and_swap, usable_cpus  # noqa: F401 (usable_cpus: re-exported)
+from modulm.machine import cpu_budget, cpu_quota, memory_limit, ram_and_swap, usable_cpus
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: The ATen CPU capabilities of x86 builds whose bf16 kernels are emulated (no AVX-512).
