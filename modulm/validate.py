@@ -77,7 +77,7 @@ def _check_keys(ctx: _Context, schema: Schema, table: Mapping[str, Any], path: t
         elif close:
             hint = f"; did you mean {close[0]!r}?"
         else:
-            hint = f"; valid keys: {', '.join(schema.names) or 'none'}"
+            hint = f"; valid keys: {', '.join(schema.names)}" if schema.names else "; this component takes no keys"
         ctx.report(path + (key,), f"unknown key{hint}", component)
 
 

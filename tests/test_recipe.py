@@ -271,3 +271,12 @@ def test_array_elements_are_checked_against_the_declared_item_type(tmp_path, cap
     assert lines[0].startswith("modulm: error: <command line>: data.val: expected str | None, got integer 7")
     assert lines[1] == ("modulm: error: <command line>: optimizer.no_decay.1: expected str, got integer 3 "
                         "[optimizer 'adamw' from plugin 'optim']")
+
+
+def test_an_unknown_key_for_a_component_without_parameters_says_it_takes_none():
+    import modulm
+    from modulm.errors import RecipeError
+
+    registry = modulm.load_plugins().registry
+    with pytest.raises(RecipeError, match=r"ffn.widht: unknown key; this component takes no keys \[ffn 'swiglu'"):
+        modulm.create(registry, "ffn", {"component": "swiglu", "widht": 3}, d_model=64, d_ff=None)
