@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from modulm.builders import ComponentBuilder
 from modulm.constraints import run_rules, violation
+from modulm.kinds import INJECTED
 from modulm.schema import Param, Schema, schema_of
 
 if TYPE_CHECKING:
@@ -90,7 +91,10 @@ def _bind_params(ctx: _Context, registry: "Registry", schema: Schema, table: Map
         here = path + (param.name,)
         if value is _MISSING:
             if param.required:
-                ctx.report(here, f"missing required value ({param.type_name()})", component)
+                injected = component is not None and param.name in INJECTED.get(getattr(component, "kind", ""), ())
+                why = (f": {param.name} is passed in when the {component.kind} is built; make it keyword-only "
+                       f"in the factory's signature (after *, as in def factory(..., *, {param.name}))") if injected else ""
+                ctx.report(here, f"missing required value ({param.type_name()}){why}", component)
                 continue
             value = param.default
             if param.settings is not None or param.nested is not None:

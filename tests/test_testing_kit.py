@@ -271,3 +271,45 @@ def test_the_checks_work_without_the_testing_extra(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- what a plugin author sees when a component breaks the contract ------------------------------
+
+class _NaNNorm(nn.Module):
+    def __init__(self, *, d_model: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x):
+        return x * self.weight / 0.0
+
+
+class _RaisesWhenBuilt(nn.Module):
+    def __init__(self, *, d_model: int, d_ff: int | None = None) -> None:
+        super().__init__()
+        raise ValueError("d_ff must be even")
+
+
+class _PositionalWidth(nn.Module):
+    def __init__(self, d_model: int, d_ff: int | None = None) -> None:  # d_model should be keyword-only
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+
+def test_a_norm_with_non_finite_outputs_is_named_as_such():
+    with pytest.raises(AssertionError, match=r"norm _NaNNorm: a standard normal torch.float32 input of shape .* gave "
+                                             r"non-finite outputs"):
+        check_norm(_NaNNorm)
+
+
+def test_a_factory_that_raises_is_the_checks_failure():
+    with pytest.raises(AssertionError, match=r"ffn _RaisesWhenBuilt: building it raised ValueError: d_ff must be even"):
+        check_ffn(_RaisesWhenBuilt)
+
+
+def test_an_injected_argument_declared_positional_gets_the_fix_in_the_message():
+    from modulm.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"ffn.d_model: missing required value \(int\): d_model is passed in when the "
+                                          r"ffn is built; make it keyword-only"):
+        check_ffn(_PositionalWidth)

@@ -36,11 +36,21 @@ def _shape_and_dtype(label: str, build: Callable[[], Any], width: int, length: i
             assert isinstance(out, torch.Tensor), f"{label}: forward returned {type(out).__name__}, not a tensor"
             assert out.shape == x.shape, f"{label}: input {tuple(x.shape)} gave output {tuple(out.shape)} (shape not preserved)"
             assert out.dtype == dtype, f"{label}: {dtype} input gave {out.dtype} output (dtype not preserved)"
+            assert torch.isfinite(out).all(), (f"{label}: a standard normal {dtype} input of shape {tuple(x.shape)} gave "
+                                               "non-finite outputs (inf or NaN)")
+
+
+def _built(label: str, build: Callable[[], Any], seed: int) -> Any:
+    """``build()`` seeded; a factory that raises is reported as the check's failure, named."""
+    try:
+        return seeded(build, seed)
+    except Exception as exc:
+        raise AssertionError(f"{label}: building it raised {type(exc).__name__}: {exc}") from exc
 
 
 def _common(label: str, kind: str, build: Callable[[], Any], width: int, length: int, dtypes: Sequence[torch.dtype],
             seed: int, call: Callable[[Any, torch.Tensor], torch.Tensor]) -> Any:
-    module = seeded(build, seed)
+    module = _built(label, build, seed)
     check_module(label, module)
     assert isinstance(module, INTERFACES[kind]), f"{label}: does not match the {kind} interface (see modulm.kinds)"
     _shape_and_dtype(label, build, width, length, dtypes, seed, call)
@@ -93,7 +103,7 @@ def check_position(component: str | Callable[..., Any], config: Mapping[str, Any
     def call(module: Any, x: torch.Tensor) -> torch.Tensor:
         return module(x, torch.arange(x.shape[-2]))
 
-    module = seeded(build, seed)
+    module = _built(label, build, seed)
     check_module(label, module)
     assert isinstance(module, INTERFACES["position"]), f"{label}: does not match the position interface"
     _shape_and_dtype(label, build, d_k, length, dtypes, seed, call)
