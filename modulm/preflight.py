@@ -202,14 +202,21 @@ def activation_floor(bound: Mapping[str, Any], vocab_size: Any, device: Any = No
                                   lambda: autocast(device, dtype))
 
 
-def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, activations: int | None = None) -> None:
+#: A step's peak over the activations kept for backward, as measured (the base recipe's model at batch
+#: 128: 1.2x in float32, 1.5x in bfloat16): past the memory at this, a run is warned it may not fit.
+PEAK_OVER_KEPT = 1.5
+
+
+def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1,
+                          activations: int | None = None) -> list[str]:
     """Refuse a run whose training state, the parameters, their gradients and the optimizer's state
     where it can be sized on the meta device (what ``modulm info`` prints), plus one micro-batch of
     int64 token ids (inputs and targets, as every data source returns them) and the
     ``activations`` its forward pass keeps at least (:func:`activation_floor`; None: not counted),
     is more than its device's memory: RAM and swap for a CPU (times the processes the run starts
     on it), the GPU's memory on CUDA. Every part is a floor (a step's temporaries come on top), so
-    a run that passes can still run out of memory; one that fails cannot fit."""
+    a run that passes can still run out of memory; one that fails cannot fit. Returns a warning
+    where the activations at :data:`PEAK_OVER_KEPT` times their floor would not fit."""
     import os
 
     from modulm.errors import OutOfMemory, human_bytes
@@ -219,7 +226,7 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, 
     device = resolve_device(bound["system"].device)
     limit = device_memory_bytes(device)
     if limit is None:
-        return
+        return []
     world = nproc if nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
     local = nproc if nproc > 1 else int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     sharded = world > 1 and getattr(bound.get("distributed"), "strategy", None) == "fsdp"
@@ -230,8 +237,15 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, 
     processes = local if device.type == "cpu" else 1  # a CPU's processes share its memory
     needed = (use.total + ids + kept) * processes
     if needed <= limit:
-        return
-    per = f" per process x {processes} processes" if processes > 1 else ""
+        likely = round((use.total + ids + kept * PEAK_OVER_KEPT) * processes)
+        if likely <= limit:
+            return []
+        return [f"training.batch_size: a step needs at least {human_bytes(needed)} (the model's {human_bytes(use.total)}, "
+                f"a micro-batch's token ids and {human_bytes(kept)} of activations kept for the backward pass{per_text(processes)}), "
+                f"and a step's temporaries add up to half as much again (measured: 1.2-1.5x the kept activations): up to "
+                f"about {human_bytes(likely)}, more than {device_memory(device)}. If it runs out of memory, split the "
+                "batch with training.grad_accum_steps"]
+    per = per_text(processes)
     if ids + kept > use.total:  # the batch, not the model, is what cannot fit
         batch = ids + kept
         room = limit // processes - use.total
@@ -257,6 +271,10 @@ def check_training_memory(bound: Mapping[str, Any], model: Any, nproc: int = 1, 
         f"{'' if kept else ' before any activation'} ({use.parts()} + a micro-batch's token ids "
         f"{human_bytes(ids)}{kept_part}{per}), more than {device_memory(device)}; make it smaller ({smaller}){shard}. "
         "modulm info RECIPE prints these numbers")
+
+
+def per_text(processes: int) -> str:
+    return f" per process x {processes} processes" if processes > 1 else ""
 
 
 def process_warnings(bound: Mapping[str, Any], nproc: int) -> list[str]:
@@ -302,9 +320,10 @@ def before_build(recipe: Any, registry: Any, nproc: int = 1) -> Preflight:
     resolved = resolved_recipe(bound)
     vocab_size = recipe_vocab_size(resolved)
     model = meta_model(bound, vocab_size)
+    warnings = []
     if model is not None:
-        check_training_memory(bound, model, nproc, activation_floor(bound, vocab_size))
-    warnings = process_warnings(bound, nproc)
+        warnings += check_training_memory(bound, model, nproc, activation_floor(bound, vocab_size))
+    warnings += process_warnings(bound, nproc)
     chosen = rundir.plan(bound["checkpointing"])
     if model is not None:
         warnings += disk_warnings(bound, model, chosen.run_dir)

@@ -125,8 +125,12 @@ def test_a_micro_batch_whose_activations_cannot_fit_is_refused_naming_the_batch(
     _, ids = micro_batch_token_bytes(bound["training"], 16)
     assert kept > state  # the tiny model: a micro-batch's activations outweigh its weights
     monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state + ids + kept)
-    preflight.check_training_memory(bound, model, activations=kept)  # exactly fits
-    preflight.check_training_memory(bound, model)  # activations unknown: not counted
+    warning, = preflight.check_training_memory(bound, model, activations=kept)  # the floor exactly fits
+    assert warning.startswith("training.batch_size: a step needs at least ") and "grad_accum_steps" in warning
+    assert preflight.check_training_memory(bound, model) == []  # activations unknown: not counted, nothing to say
+    likely = state + ids + round(kept * preflight.PEAK_OVER_KEPT)
+    monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: likely)
+    assert preflight.check_training_memory(bound, model, activations=kept) == []  # room for the temporaries too
     monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: state + ids + kept - 1)
     with pytest.raises(OutOfMemory, match=r"training.batch_size: one micro-batch of 16 x 16 tokens needs at least .* "
                                           r"of activations kept for the backward pass.*at most about 15 sequences"):
