@@ -210,3 +210,25 @@ def test_evaluation_through_the_fused_loss_equals_the_logits_loss(monkeypatch):
     logits_result = evaluate(model, iter(windows), cpu, contextlib.nullcontext)
     assert fused_result.tokens == logits_result.tokens == 3 * 12 + 6
     assert fused_result.loss == pytest.approx(logits_result.loss, rel=1e-6)
+
+
+def test_real_tensors_keep_their_chunks_under_a_dispatch_mode_and_fake_ones_run_as_one(monkeypatch):
+    """A FlopCounterMode over a real step must not turn the chunked loss into one vocab-wide buffer;
+    fake tensors (activation sizing) take one chunk: the same operations, no memory."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modulm.activations import _fake_modes
+
+    steps = []
+    chunk_rows = loss_module._fused_chunk_rows
+    monkeypatch.setattr(loss_module, "_fused_chunk_rows", lambda *a, **k: steps.append(chunk_rows(*a, **k)) or steps[-1])
+    rows, vocab, d = 3000, 4096, 8  # 2^22 elements a chunk: 1024 rows, so three chunks
+    hidden, weight = torch.randn(rows, d, requires_grad=True), torch.randn(vocab, d, requires_grad=True)
+    targets = torch.randint(0, vocab, (rows,))
+    with FlopCounterMode(display=False):
+        linear_cross_entropy(hidden, weight, targets)
+    fake, no_data = _fake_modes()  # the modes activation sizing runs under
+    with fake, no_data:
+        linear_cross_entropy(fake.from_tensor(hidden).requires_grad_(), fake.from_tensor(weight).requires_grad_(),
+                             fake.from_tensor(targets))
+    assert steps == [1024, rows]

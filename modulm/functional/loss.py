@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from modulm.functional.linear import linear, uses_onednn, weight_grad
-from modulm.functional.plain import dispatch_mode_active
+from modulm.functional.plain import is_fake
 from modulm.functional.workspace import workspace
 
 #: Elements (rows x vocab) per chunk on the CPU: 4 MiB of float32, so a chunk stays in cache
@@ -36,8 +36,8 @@ _ACCELERATOR_CHUNK_ELEMENTS = 1 << 26
 _LOG2_E = 1.0 / math.log(2.0)
 
 
-def _chunk_rows(rows: int, vocab: int, device: torch.device) -> int:
-    if dispatch_mode_active():  # sized on fake tensors (modulm.activations): one chunk, not thousands of loop turns
+def _chunk_rows(rows: int, vocab: int, device: torch.device, fake: bool = False) -> int:
+    if fake:  # sized on fake tensors (modulm.activations): one chunk, not thousands of loop turns
         return max(1, rows)
     budget = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
     return max(1, min(rows, budget // max(vocab, 1)))
@@ -63,7 +63,7 @@ def _row_losses(logits: Tensor, targets: Tensor, grad_out: Tensor | None) -> Ten
     losses = torch.empty(rows, dtype=compute, device=logits.device)
     if rows == 0:
         return losses
-    step = _chunk_rows(rows, vocab, logits.device)
+    step = _chunk_rows(rows, vocab, logits.device, is_fake(logits))
     scratch = torch.empty((step, vocab), dtype=compute, device=logits.device)
     for start in range(0, rows, step):
         stop = min(start + step, rows)
@@ -150,8 +150,8 @@ _CPU_FUSED_CHUNK_ELEMENTS = 1 << 22
 _MIN_FUSED_ROWS = 256
 
 
-def _fused_chunk_rows(rows: int, vocab: int, device: torch.device) -> int:
-    if dispatch_mode_active():  # sized on fake tensors (modulm.activations): one chunk, not thousands of loop turns
+def _fused_chunk_rows(rows: int, vocab: int, device: torch.device, fake: bool = False) -> int:
+    if fake:  # sized on fake tensors (modulm.activations): one chunk, not thousands of loop turns
         return max(1, rows)
     budget = _CPU_FUSED_CHUNK_ELEMENTS if device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
     return max(1, min(rows, max(budget // max(vocab, 1), _MIN_FUSED_ROWS)))
@@ -166,7 +166,7 @@ def _fused_losses(hidden: Tensor, weight: Tensor, targets: Tensor, want_hidden: 
     flat_targets = targets.reshape(-1, 1).to(torch.int64)
     rows, vocab = flat.shape[0], weight.shape[0]
     losses = torch.empty(rows, dtype=torch.promote_types(flat.dtype, torch.float32), device=flat.device)
-    step = _fused_chunk_rows(rows, vocab, flat.device)
+    step = _fused_chunk_rows(rows, vocab, flat.device, is_fake(flat))
     chunks = _onednn_chunks if uses_onednn(flat, weight) else _blas_chunks
     grad_hidden, grad_weight = chunks(flat, weight, flat_targets, losses, step, want_hidden, want_weight)
     return losses.mean(), grad_hidden, grad_weight

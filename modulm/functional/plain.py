@@ -17,6 +17,7 @@ try:
 
     _PLAIN: tuple[type, ...] = (Tensor, nn.Parameter, FakeTensor)
 except ImportError:  # a torch without fake tensors
+    FakeTensor = None
     _PLAIN = (Tensor, nn.Parameter)
 
 
@@ -25,9 +26,14 @@ def plain(*tensors: Tensor) -> bool:
     return all(type(t) in _PLAIN for t in tensors)
 
 
+def is_fake(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is a fake one (no storage): a chunked loop over it then runs as one chunk,
+    the same operations each seen once (a real tensor under a ``FlopCounterMode`` keeps its chunks)."""
+    return FakeTensor is not None and isinstance(tensor, FakeTensor)
+
+
 def dispatch_mode_active() -> bool:
     """Whether a Python dispatch mode (``FakeTensorMode`` and the like) is active: the kernels then
-    keep no buffer between calls (what it makes must not outlive it, nor a real buffer enter it)
-    and run a chunked loop as one chunk (the same operations, each seen once)."""
+    keep no buffer between calls (what it makes must not outlive it, nor a real buffer enter it)."""
     stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
     return bool(stack_depth()) if stack_depth is not None else False
