@@ -67,9 +67,11 @@ def _record_origins(data: Mapping[str, Any], source: str, origins: dict[tuple, s
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's tables; a byte-order mark (Windows editors write one) is skipped."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero would be read forever
+        raise ModulmError(f"{path}: not a regular file, expected a TOML recipe file")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ModulmError(f"{path}: recipe file not found") from None
     except IsADirectoryError:

@@ -280,3 +280,14 @@ def test_an_unknown_key_for_a_component_without_parameters_says_it_takes_none():
     registry = modulm.load_plugins().registry
     with pytest.raises(RecipeError, match=r"ffn.widht: unknown key; this component takes no keys \[ffn 'swiglu'"):
         modulm.create(registry, "ffn", {"component": "swiglu", "widht": 3}, d_model=64, d_ff=None)
+
+
+def test_a_byte_order_mark_is_skipped_and_a_device_file_is_refused(tmp_path):
+    from modulm.errors import ModulmError
+    from modulm.recipe import load_recipe
+
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'name = "x"\n[model]\nd_model = 8\n')  # as Windows editors save it
+    assert load_recipe(path).data["model"] == {"d_model": 8}
+    with pytest.raises(ModulmError, match=r"/dev/zero: not a regular file"):
+        load_recipe("/dev/zero")

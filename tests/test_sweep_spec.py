@@ -172,3 +172,12 @@ def test_a_recipe_given_as_a_sweep_and_a_sweep_given_as_a_recipe_are_one_line_ea
         assert code == 2
         one_error_line(err, f"{sweep}: a sweep file, not a recipe (it has base, [grid]): run it with modulm sweep {sweep}")
     assert snapshot(tmp_path) == before
+
+
+def test_a_sweep_file_with_a_byte_order_mark_loads_and_a_device_file_is_refused(tmp_path):
+    write_toml(tmp_path, tiny_recipe(tmp_path))
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'base = "r.toml"\n[grid]\n"optimizer.lr" = [1e-3, 2e-3]\n')
+    assert len(load_sweep(path).points) == 2
+    with pytest.raises(ModulmError, match=r"/dev/zero: not a regular file"):
+        load_sweep("/dev/zero")

@@ -142,8 +142,10 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read a sweep file; every problem with the file itself at once (as a RecipeError)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero would be read forever
+        raise ModulmError(f"{path}: not a regular file, expected a TOML sweep file")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is skipped
     except FileNotFoundError:
         raise ModulmError(f"{path}: sweep file not found") from None
     except (IsADirectoryError, UnicodeDecodeError):
