@@ -214,8 +214,30 @@ def _check_not_a_sweep(path: Path, top: Mapping[str, Any]) -> None:
         raise ModulmError(f"{path}: a sweep file, not a recipe (it has {shown}): run it with modulm sweep {path}")
 
 
+def check_override_words(path: str | Path, overrides: list[str] | tuple[str, ...]) -> None:
+    """One line for the two ways a shell command line splits overrides wrongly: ``KEY = VALUE``
+    written with spaces (three words), and an override given before the recipe."""
+    words = list(overrides)
+    for i, word in enumerate(words):
+        joined = None
+        if word == "=" and 0 < i < len(words) - 1:
+            joined = f"{words[i - 1]}={words[i + 1]}"
+        elif word.endswith("=") and word.count("=") == 1 and i < len(words) - 1 and "=" not in words[i + 1]:
+            joined = f"{word}{words[i + 1]}"
+        elif word.startswith("=") and i > 0 and "=" not in words[i - 1]:
+            joined = f"{words[i - 1]}{word}"
+        if joined is not None:
+            raise ModulmError(f"override {joined!r} is split into words by the spaces around '='; write it as one "
+                              f"word: {joined}")
+    text = str(path)
+    if "=" in text and not Path(text).exists() and any(Path(w).suffix == ".toml" for w in words):
+        raise ModulmError(f"{text!r} is an override, given where the file goes: the file comes first, then "
+                          "the overrides (FILE.toml KEY=VALUE ...)")
+
+
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read ``path`` (following ``extends``) and apply ``overrides`` (``key.path=value``)."""
+    check_override_words(path, overrides)
     path = Path(path)
     _check_suffix(path)
     layers = _load_layers(path, ())

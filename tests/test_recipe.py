@@ -291,3 +291,24 @@ def test_a_byte_order_mark_is_skipped_and_a_device_file_is_refused(tmp_path):
     assert load_recipe(path).data["model"] == {"d_model": 8}
     with pytest.raises(ModulmError, match=r"/dev/zero: not a regular file"):
         load_recipe("/dev/zero")
+
+
+@pytest.mark.parametrize("words", [["optimizer.lr", "=", "1e-3"], ["optimizer.lr=", "1e-3"], ["optimizer.lr", "=1e-3"]])
+def test_an_override_split_by_spaces_is_one_line_with_the_fix(tmp_path, capsys, words):
+    from tests.runkit import cli, one_error_line, tiny_recipe, write_recipe
+
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    for command in ("validate", "run"):
+        code, _, err = cli(capsys, command, path, *words)
+        assert code == 2
+        one_error_line(err, "override 'optimizer.lr=1e-3' is split into words by the spaces around '='; write it as "
+                            "one word: optimizer.lr=1e-3")
+
+
+def test_an_override_before_the_recipe_says_the_file_comes_first(tmp_path, capsys):
+    from tests.runkit import cli, one_error_line, tiny_recipe, write_recipe
+
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path))
+    code, _, err = cli(capsys, "validate", "optimizer.lr=1e-3", path)
+    assert code == 2
+    one_error_line(err, "'optimizer.lr=1e-3' is an override, given where the file goes: the file comes first")

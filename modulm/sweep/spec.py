@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from modulm.errors import ModulmError, RecipeError
-from modulm.recipe import RECIPE_TABLES
+from modulm.recipe import RECIPE_TABLES, check_override_words
 from modulm.tomlwrite import _value as toml_literal
 
 if sys.version_info >= (3, 11):
@@ -141,6 +141,7 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read a sweep file; every problem with the file itself at once (as a RecipeError)."""
+    check_override_words(path, cli_overrides)
     path = Path(path)
     if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero would be read forever
         raise ModulmError(f"{path}: not a regular file, expected a TOML sweep file")
