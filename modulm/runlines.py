@@ -76,7 +76,7 @@ def out_of_memory_line(trainer: "Trainer", exc: BaseException) -> str:
 
     asked = allocation_size(exc)
     what = f"could not allocate {asked}" if asked else "an allocation failed"
-    batch, accum, micro = trainer.training.batch_size, trainer.training.grad_accum_steps, trainer.micro_batch
+    accum, micro = trainer.training.grad_accum_steps, trainer.micro_batch
     factor = _smallest_factor(micro)  # the next finer split of each micro-batch
     fixes = ([f"training.grad_accum_steps={accum * factor} (micro-batches of {micro // factor}; the same training)"]
              if factor else [])

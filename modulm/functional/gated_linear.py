@@ -14,7 +14,7 @@ machine: 1.02-1.03x at 2 threads, 1.01x at 1; bench-small's FFN: the same to wit
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from modulm.functional.attention import gate_grads_in_place, gated_silu

@@ -14,7 +14,7 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.utils.flop_counter
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from modulm.functional.cpu_matmul import chosen, cpu_matmul
