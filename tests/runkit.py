@@ -72,3 +72,14 @@ def one_error_line(err: list[str], *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in line, (fragment, line)
     return line
+
+
+def refused_before_writing(capsys, root: Path, args: list, *fragments: str) -> str:
+    """Run ``modulm ARGS``; assert exit 2, one error line holding every fragment, and ``root``
+    exactly as it was (nothing written, moved or half-written); return the line."""
+    before = snapshot(root)
+    code, _, err = cli(capsys, *args)
+    assert code == 2, (code, err)
+    line = one_error_line(err, *fragments)
+    assert snapshot(root) == before
+    return line

@@ -15,7 +15,7 @@ from modulm.evaluate import model_loss
 from modulm.recipe import recipe_from_dict, validate
 from modulm.runtime import autocast
 from modulm_transformer.model import TransformerLM
-from tests.runkit import cli, one_error_line, snapshot, tiny_recipe, write_recipe
+from tests.runkit import cli, refused_before_writing, tiny_recipe, write_recipe
 
 CPU = torch.device("cpu")
 
@@ -143,12 +143,9 @@ def test_modulm_run_refuses_a_batch_of_too_many_activations_before_writing(tmp_p
 
     monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2**39)  # 512 GiB: the ids alone fit
     path = write_recipe(tmp_path, tiny_recipe(tmp_path, training={"batch_size": 2**30}))
-    before = snapshot(tmp_path)
-    code, _, err = cli(capsys, "run", path)
-    assert code == 2
-    one_error_line(err, f"one micro-batch of {2**30} x 16 tokens needs at least", "256.00 GiB of token ids",
-                   "of activations kept for the backward pass", "training.grad_accum_steps")
-    assert snapshot(tmp_path) == before
+    refused_before_writing(capsys, tmp_path, ["run", path], f"one micro-batch of {2**30} x 16 tokens needs at least",
+                           "256.00 GiB of token ids", "of activations kept for the backward pass",
+                           "training.grad_accum_steps")
 
 
 def test_info_prints_the_activations(tmp_path, capsys):

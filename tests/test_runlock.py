@@ -14,7 +14,7 @@ import pytest
 
 from modulm import runlock
 from modulm.errors import ModulmError
-from tests.runkit import cli, one_error_line, snapshot, tiny_recipe, write_recipe
+from tests.runkit import cli, one_error_line, refused_before_writing, snapshot, tiny_recipe, write_recipe
 
 pytestmark = pytest.mark.skipif(runlock.fcntl is None, reason="advisory locks need fcntl (POSIX)")
 
@@ -39,12 +39,9 @@ def test_a_run_directory_in_use_is_refused_before_anything_is_written(tmp_path, 
     peer = hold(run_dir)
     try:
         path = write_recipe(tmp_path, tiny_recipe(tmp_path))
-        before = snapshot(tmp_path)
-        code, _, err = cli(capsys, "run", path)
-        assert code == 2
-        one_error_line(err, f"{run_dir}: another modulm run (pid {peer.pid}) is using this directory",
-                       "checkpointing.checkpoint_dir")
-        assert snapshot(tmp_path) == before
+        refused_before_writing(capsys, tmp_path, ["run", path],
+                               f"{run_dir}: another modulm run (pid {peer.pid}) is using this directory",
+                               "checkpointing.checkpoint_dir")
         with pytest.raises(ModulmError, match="is using this directory"):
             runlock.acquire(run_dir)
     finally:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from modulm import storage
 from modulm.errors import ModulmError
-from tests.runkit import cli, one_error_line, snapshot, tiny_recipe, write_recipe
+from tests.runkit import cli, refused_before_writing, tiny_recipe, write_recipe
 
 
 def test_free_bytes_is_read_from_the_nearest_existing_parent(tmp_path):
@@ -54,12 +54,9 @@ def test_a_run_directorys_own_checkpoints_are_space_it_can_use_again(tmp_path, m
 def test_modulm_run_refuses_a_disk_too_small_for_one_checkpoint_before_writing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(storage, "free_bytes", lambda path: 1000)
     path = write_recipe(tmp_path, tiny_recipe(tmp_path))
-    before = snapshot(tmp_path)
-    code, _, err = cli(capsys, "run", path)
-    assert code == 2
-    one_error_line(err, f"checkpointing.checkpoint_dir: {tmp_path / 'run'} is on a file system with 1000 bytes free",
-                   "parameters and optimizer state")
-    assert snapshot(tmp_path) == before
+    refused_before_writing(capsys, tmp_path, ["run", path],
+                           f"checkpointing.checkpoint_dir: {tmp_path / 'run'} is on a file system with 1000 bytes free",
+                           "parameters and optimizer state")
 
 
 def test_modulm_run_warns_of_a_disk_too_small_for_every_checkpoint_and_trains(tmp_path, capsys, monkeypatch):
