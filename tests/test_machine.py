@@ -155,3 +155,21 @@ def test_more_processes_or_sweep_jobs_than_cpus_are_warned_of(tmp_path, capsys, 
     code, _, err = cli(capsys, "sweep", sweep, "--jobs", "2", "--dry-run", "--out", tmp_path / "out")
     assert code == 0
     assert any("modulm: warning: --jobs 2: more points at a time than the 1 CPUs" in line for line in err), err
+
+
+def test_modulm_env_reports_what_a_run_would_use_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from modulm.runtime import cpu_capability
+    from tests.runkit import cli
+
+    monkeypatch.setenv("MODULM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(machine, "cpu_quota", lambda group=None: 1.5)
+    code, out, err = cli(capsys, "env")
+    assert code == 0 and err == []
+    lines = out.splitlines()
+    assert lines[0].startswith("modulm ") and f"torch {torch.__version__}" in lines[0]
+    assert any(line.startswith(f"cpu kernels: {cpu_capability()}; system.dtype = \"auto\" trains in ") for line in lines)
+    cpus = len(machine.usable_cpus())
+    assert f"cpus: {cpus} usable, " in out and "cgroup quota 1.5: 1 to keep busy" in out
+    assert f"cache: {tmp_path / 'cache'} (MODULM_CACHE_DIR)" in lines
+    assert any(line.startswith("plugins: ") and "transformer" in line for line in lines)
+    assert not (tmp_path / "cache").exists()

@@ -78,7 +78,8 @@ class Timing:
 _CPUINFO = Path("/proc/cpuinfo")
 
 
-def _cpuinfo_field(name: str) -> str:
+def cpuinfo_field(name: str) -> str:
+    """A field of ``/proc/cpuinfo`` (its first CPU's), or ``""`` where there is none."""
     try:
         for line in _CPUINFO.read_text().splitlines():
             if line.startswith(name) and ":" in line:
@@ -91,7 +92,7 @@ def _cpuinfo_field(name: str) -> str:
 @lru_cache(maxsize=1)
 def cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, …), or ``""`` when unknown."""
-    if vendor := _cpuinfo_field("vendor_id"):
+    if vendor := cpuinfo_field("vendor_id"):
         return vendor
     for vendor in ("GenuineIntel", "AuthenticAMD", "HygonGenuine"):
         if vendor in platform.processor():
@@ -180,10 +181,15 @@ def _measure(shapes, rounds: int) -> Timing:
     return Timing(sum(b for b, _ in best), sum(d for _, d in best))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows of it."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
 def machine_key(threads: int) -> str:
     """What the measured choice depends on: the CPU model, torch's build, the kernel-limiting
     environment variables and the thread count."""
-    model = _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    model = cpu_model()
     limits = ",".join(f"{name}={os.environ[name]}" for name in _KERNEL_ENV if os.environ.get(name))
     return (f"{cpu_vendor() or 'unknown'} {model} | {cpu_capability()} | "
             f"torch {torch.__version__} | {limits or 'no kernel limits'} | {threads} threads")
