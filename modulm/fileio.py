@@ -34,16 +34,21 @@ def cache_dir() -> Path:
 _CACHE_FALLBACKS_SAID: set[str] = set()
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` itself where it exists, else its nearest existing parent (None: none exists)."""
+    path = Path(path).absolute()
+    return next((candidate for candidate in (path, *path.parents) if candidate.exists()), None)
+
+
 def _writable_dir(path: Path) -> str | None:
     """None where ``path`` is a directory this process can write, or could be made one (its
     nearest existing parent is a writable directory: nothing is created here); else why not."""
-    for candidate in (path, *path.parents):
-        if not candidate.exists():
-            continue
-        if not candidate.is_dir():
-            return "Not a directory"
-        return None if os.access(candidate, os.W_OK | os.X_OK) else "not writable"
-    return "no existing parent"
+    existing = nearest_existing(path)
+    if existing is None:
+        return "no existing parent"
+    if not existing.is_dir():
+        return "Not a directory"
+    return None if os.access(existing, os.W_OK | os.X_OK) else "not writable"
 
 
 def _usable_cache_dir(requested: str) -> Path:

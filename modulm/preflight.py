@@ -179,17 +179,18 @@ def meta_model(bound: Mapping[str, Any], vocab_size: Any) -> Any:
         return None
 
 
-def activation_floor(bound: Mapping[str, Any], vocab_size: Any, device: Any = None) -> int | None:
+def activation_floor(bound: Mapping[str, Any], vocab_size: Any, device: Any = None, spent_model: Any = None) -> int | None:
     """Bytes one micro-batch's forward pass keeps for the backward pass, at least
-    (:func:`modulm.activations.saved_activation_bytes` on a fresh meta model), on the recipe's
-    device (or ``device``) and dtype; None where it cannot be sized (unknown vocabulary, a model
-    that fake tensors cannot run, ``system.compile``)."""
+    (:func:`modulm.activations.saved_activation_bytes`), on the recipe's device (or ``device``) and
+    dtype; None where it cannot be sized (unknown vocabulary, a model that fake tensors cannot
+    run, ``system.compile``). It uses up a meta model: ``spent_model``, one the caller is done
+    with, or a fresh one."""
     from modulm.activations import saved_activation_bytes
     from modulm.runtime import autocast, resolve_device, resolve_precision
     from modulm.strategy import micro_batch_token_bytes
 
     system = bound["system"]
-    model = meta_model(bound, vocab_size)
+    model = spent_model if spent_model is not None else meta_model(bound, vocab_size)
     if model is None or system.compile:
         return None
     device = resolve_device(system.device) if device is None else device
@@ -294,11 +295,11 @@ def disk_warnings(bound: Mapping[str, Any], model: Any, run_dir: Path) -> list[s
     """:func:`modulm.storage.check_disk_space` for the checkpoints of ``model`` (on the meta
     device) and the recipe's optimizer: refuses a disk that cannot hold one, warns where it cannot
     hold all the run may keep."""
-    from modulm.storage import check_disk_space, periodic_checkpoints
+    from modulm.storage import check_disk_space, kept_periodic
     from modulm.strategy import training_state_memory
 
     use = training_state_memory(model, bound["optimizer"], False, 1)  # a checkpoint is whole, however sharded
-    periodic = periodic_checkpoints(bound["checkpointing"], bound["training"].max_iterations)
+    periodic = kept_periodic(bound["checkpointing"], bound["training"].max_iterations)
     return check_disk_space(run_dir, use.parameters + (use.optimizer or 0), periodic)
 
 

@@ -202,14 +202,19 @@ def _check_suffix(path: Path) -> None:
 
 #: Top-level keys of a sweep file that no recipe has.
 _SWEEP_ONLY = ("base", "grid", "variant", "search", "seeds")
-#: The tables a recipe is made of.
-RECIPE_TABLES = ("data", "model", "optimizer", "schedule", "training", "checkpointing", "logging", "system")
+
+
+def recipe_tables() -> tuple[str, ...]:
+    """The top-level keys of a recipe (its schema's) that a sweep file does not share."""
+    from modulm.schema import schema_of
+
+    return tuple(name for name in schema_of(recipe_schema).names if name != "name")
 
 
 def _check_not_a_sweep(path: Path, top: Mapping[str, Any]) -> None:
     """One line for a sweep file given where a recipe is expected (not a list of unknown keys)."""
     found = [key for key in _SWEEP_ONLY if key in top]
-    if "base" in found and not any(table in top for table in RECIPE_TABLES):
+    if "base" in found and not any(table in top for table in recipe_tables()):
         shown = ", ".join(f"[{k}]" if isinstance(top[k], (dict, list)) else k for k in found)
         raise ModulmError(f"{path}: a sweep file, not a recipe (it has {shown}): run it with modulm sweep {path}")
 

@@ -151,10 +151,8 @@ def physical_cores() -> int:
     return max(1, min(len(cores), cpu_budget()))
 
 
-def cpu_memory() -> tuple[int, int] | None:
-    """This machine's RAM and swap in bytes, or None where neither can be read
-    (:func:`modulm.machine.ram_and_swap`; a cgroup's limit is :func:`device_memory_bytes`'s)."""
-    return ram_and_swap()
+#: This machine's RAM and swap in bytes, or None (a cgroup's limit is :func:`device_memory_bytes`'s).
+cpu_memory = ram_and_swap
 
 
 def device_memory_bytes(device: torch.device) -> int | None:

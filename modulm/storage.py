@@ -13,23 +13,24 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from modulm import rundir
 from modulm.errors import ModulmError, human_bytes
+from modulm.fileio import nearest_existing
 
 
 def free_bytes(path: Path) -> int | None:
     """Free bytes on the file system that holds ``path`` (or would: its nearest existing parent),
     for this user; None where it cannot be read."""
-    path = Path(path).absolute()
-    for candidate in (path, *path.parents):
-        if candidate.exists():
-            try:
-                return shutil.disk_usage(candidate).free
-            except OSError:
-                return None
-    return None
+    existing = nearest_existing(path)
+    if existing is None:
+        return None
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return None
 
 
-def periodic_checkpoints(checkpointing: Any, max_iterations: int) -> int:
+def kept_periodic(checkpointing: Any, max_iterations: int) -> int:
     """The most periodic checkpoints a run holds at once (at most ``keep_last``); the best and the
     final one come on top."""
     interval = checkpointing.checkpoint_interval
@@ -37,12 +38,13 @@ def periodic_checkpoints(checkpointing: Any, max_iterations: int) -> int:
 
 
 def _checkpoint_files(run_dir: Path) -> int:
-    """Bytes of the checkpoints (files and sharded directories) already in ``run_dir``."""
+    """Bytes of the checkpoints (files and sharded directories, by :mod:`modulm.rundir`'s names)
+    already in ``run_dir``."""
     if not run_dir.is_dir():
         return 0
     total = 0
     for entry in run_dir.iterdir():
-        if entry.suffix == ".pt" or entry.name.startswith("checkpoint_"):
+        if rundir.PERIODIC.match(entry.name) or entry.name in (rundir.FINAL, rundir.BEST, rundir.BEST_SHARDED):
             for path in (entry.rglob("*") if entry.is_dir() else (entry,)):
                 try:
                     total += path.stat().st_size if path.is_file() else 0

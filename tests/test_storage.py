@@ -22,7 +22,7 @@ def test_free_bytes_is_read_from_the_nearest_existing_parent(tmp_path):
 @given(interval=st.integers(0, 50), keep_last=st.integers(1, 10), max_iterations=st.integers(0, 500))
 def test_periodic_checkpoints_are_at_most_keep_last_and_those_the_run_reaches(interval, keep_last, max_iterations):
     ckpt = SimpleNamespace(checkpoint_interval=interval, keep_last=keep_last)
-    count = storage.periodic_checkpoints(ckpt, max_iterations)
+    count = storage.kept_periodic(ckpt, max_iterations)
     assert count == (0 if interval == 0 else min(keep_last, max_iterations // interval))
 
 

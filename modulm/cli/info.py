@@ -82,7 +82,7 @@ def run(args) -> int:
     micro_batch, ids = micro_batch_token_bytes(training, model.context_length)
     print(f"Token ids per micro-batch: {micro_batch} x {model.context_length} inputs and targets (int64) = "
           f"{human_bytes(ids)}")
-    kept = activation_floor(bound, vocab_size, device)
+    kept = activation_floor(bound, vocab_size, device, spent_model=model)  # its last use
     print(f"Activations per micro-batch: at least {human_bytes(kept)} kept for the backward pass ({dtype}; the "
           "step's temporaries come on top)" if kept is not None else
           "Activations per micro-batch: not sized (" + ("system.compile" if bound["system"].compile else

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from modulm.errors import ModulmError, RecipeError
-from modulm.recipe import RECIPE_TABLES, check_override_words
+from modulm.recipe import check_override_words, recipe_tables
 from modulm.tomlwrite import _value as toml_literal
 
 if sys.version_info >= (3, 11):
@@ -153,7 +153,7 @@ def load_sweep(path: str | Path, cli_overrides: list[str] | tuple[str, ...] = ()
         raise ModulmError(f"{path}: not a TOML sweep file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ModulmError(f"{path}: invalid TOML: {exc}") from None
-    tables = [t for t in RECIPE_TABLES if t in data]
+    tables = [t for t in recipe_tables() if t in data]
     if "base" not in data and tables:
         raise ModulmError(f"{path}: a recipe, not a sweep file (it has {', '.join(f'[{t}]' for t in tables)}): train it "
                           f"with modulm run {path}, or sweep it from a file of its own with base = \"{path.name}\" and "
