@@ -190,3 +190,61 @@ def test_a_context_too_long_for_even_one_sequence_says_so(tmp_path, monkeypatch)
                                           r"take 1.00 GiB;"):
         monkeypatch.setattr(runtime, "device_memory_bytes", lambda device: 2**29)
         preflight.check_training_memory(bound, model)  # RoPE's tables: 2^24 x 8 cos and sin, float32
+
+
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_sizing_on_either_attention_path_counts_as_real_and_leaves_the_real_run_real(monkeypatch, vendor):
+    """A context long enough for the query-block attention (every CPU but Intel's): its cached
+    masks are made on the first call, here the fake pass, and a fake one would break the real
+    backward after it."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from modulm.functional import cpu_matmul
+    from modulm_transformer import cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "cpu_vendor", lambda: vendor)
+    cpu_attention._mask.cache_clear()
+    cpu_matmul.onednn_available.cache_clear()
+    cpu32 = lambda: autocast(CPU, "float32")  # noqa: E731
+    torch.manual_seed(0)
+    real = TransformerLM(64, 128, 32, 2, 2, 64)
+    fake = saved_activation_bytes(_meta(context=128, layers=2), 3, 128, CPU, cpu32)
+    assert cpu_attention._mask.cache_info().currsize == 0  # the fake pass keeps no mask
+    assert fake == _real_saved_bytes(real, 3, 128, "float32")
+    ids = torch.randint(0, 64, (2, 128))
+    real(ids, targets=ids).backward()
+    assert all(torch.isfinite(p.grad).all() for p in real.parameters())
+    assert (cpu_attention._mask.cache_info().currsize > 0) is (vendor != "GenuineIntel")  # the real pass keeps its masks
+    bounds = cpu_attention._bounds(128)
+    assert not any(isinstance(cpu_attention._mask(lo, hi, torch.float32), FakeTensor) for lo, hi in zip(bounds[1:], bounds[2:]))
+
+
+def test_a_probe_cached_under_fake_tensors_answers_as_a_real_one():
+    from modulm.functional import cpu_matmul
+
+    cpu_matmul.onednn_available.cache_clear()
+    want = cpu_matmul.onednn_available()
+    cpu_matmul.onednn_available.cache_clear()
+    fake, no_data = activations_modes()
+    with fake, no_data:
+        assert cpu_matmul.onednn_available() == want
+    assert cpu_matmul.onednn_available() == want
+
+
+def activations_modes():
+    from modulm import activations
+
+    return activations._fake_modes()
+
+
+def test_modulm_run_trains_after_sizing_on_the_query_block_attention(tmp_path, capsys, monkeypatch):
+    """The whole job on an AMD CPU's path: the preflight sizes on fake tensors, then training runs."""
+    from modulm_transformer import cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "cpu_vendor", lambda: "AuthenticAMD")
+    cpu_attention._mask.cache_clear()
+    recipe = tiny_recipe(tmp_path, model={"component": "transformer", "context_length": 128, "d_model": 32,
+                                          "num_layers": 2, "num_heads": 2, "d_ff": 64})
+    code, _, err = cli(capsys, "run", write_recipe(tmp_path, recipe))
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*.pt"))[-1:] == ["checkpoint_4.pt"]

@@ -30,7 +30,7 @@ import math
 import os
 import platform
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from modulm.fileio import atomic_write_text, cache_dir
+from modulm.functional.plain import outside_dispatch_modes
 
 CPU_MATMULS = ("auto", "onednn", "blas")
 #: How much faster the other library must measure to replace the vendor's default: near a tie the
@@ -103,12 +104,13 @@ def cpu_vendor() -> str:
 @lru_cache(maxsize=1)
 def onednn_available() -> bool:
     """Whether this torch has oneDNN's float32 linear kernel (and has not been told to avoid oneDNN)."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise.default
-        probe = op(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
-    except (AttributeError, RuntimeError):
-        return False
-    return bool(torch.backends.mkldnn.is_available()) and bool(torch.equal(probe, torch.full((2, 4), 3.0)))
+    with outside_dispatch_modes():  # a first call under fake tensors would cache their (absent) answer
+        try:
+            op = torch.ops.mkldnn._linear_pointwise.default
+            probe = op(torch.ones(2, 3), torch.ones(4, 3), None, "none", [], "")
+        except (AttributeError, RuntimeError):
+            return False
+        return bool(torch.backends.mkldnn.is_available()) and bool(torch.equal(probe, torch.full((2, 4), 3.0)))
 
 
 def _is_x86() -> bool:
@@ -130,14 +132,6 @@ def vendor_default() -> str:
     return "onednn" if _is_x86() and vendor and vendor != "GenuineIntel" and avx512 else "blas"
 
 
-def _without_dispatch_modes():
-    try:
-        from torch.utils._python_dispatch import _disable_current_modes
-    except ImportError:  # a torch without it: modes stay active
-        return nullcontext()
-    return _disable_current_modes()
-
-
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -151,7 +145,7 @@ def measure(shapes=PROBE_SHAPES, rounds: int = 3) -> Timing:
     that a round slowed by other work on the machine does not count. Float32 CPU tensors whatever
     the defaults, without autograd, and unseen by an active dispatch mode (a ``FlopCounterMode``
     around a model's first product does not count the timing's products)."""
-    with torch.no_grad(), _without_dispatch_modes():
+    with torch.no_grad(), outside_dispatch_modes():
         return _measure(shapes, rounds)
 
 
@@ -299,7 +293,7 @@ _backend: str | None = None  # None: resolve "auto" on first use
 def set_cpu_matmul(requested: str) -> CpuMatmul:
     """Use ``requested`` (see :func:`resolve_cpu_matmul`) for this process's float32 CPU products."""
     global _backend
-    with _without_dispatch_modes():  # probes and timings on real tensors, whatever runs above
+    with outside_dispatch_modes():  # probes and timings on real tensors, whatever runs above
         choice = resolve_cpu_matmul(requested)
     _backend = choice.backend
     return choice

@@ -9,6 +9,8 @@ fake tensor must take the path a real one takes, or it would size another comput
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import Tensor, nn
 
@@ -37,3 +39,14 @@ def dispatch_mode_active() -> bool:
     keep no buffer between calls (what it makes must not outlive it, nor a real buffer enter it)."""
     stack_depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
     return bool(stack_depth()) if stack_depth is not None else False
+
+
+def outside_dispatch_modes() -> AbstractContextManager:
+    """A context in which no Python dispatch mode is active: what a cache keeps past the call that
+    fills it (a mask, a probe's answer) must be made of real tensors, even when that first call
+    runs under ``FakeTensorMode``. A no-op on a torch without the mode stack."""
+    try:
+        from torch.utils._python_dispatch import _disable_current_modes
+    except ImportError:
+        return nullcontext()
+    return _disable_current_modes()

@@ -25,6 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from modulm.functional.attention import causal_mask
 from modulm.functional.cpu_matmul import cpu_vendor
+from modulm.functional.plain import dispatch_mode_active
 
 _aten = torch.ops.aten
 # the kernels this needs are private ATen ops: looked up once, not on every call
@@ -71,16 +72,22 @@ def _bounds(length: int) -> list[int]:
     return [length * i // n for i in range(n + 1)]
 
 
-@functools.lru_cache(maxsize=64)  # bounded: prompts of many lengths must not grow it without end
-def _mask(lo: int, hi: int, dtype: torch.dtype) -> Tensor:
+def _new_mask(lo: int, hi: int, dtype: torch.dtype) -> Tensor:
     """Additive ``(hi - lo, hi)`` mask: row ``r`` (query ``lo + r``) sees keys ``<= lo + r`` (the
     kernel takes a mask in the queries' dtype, not a boolean one)."""
     return torch.zeros(hi - lo, hi, dtype=dtype).masked_fill_(~causal_mask(hi - lo, hi), float("-inf"))
 
 
+_mask = functools.lru_cache(maxsize=64)(_new_mask)  # bounded: prompts of many lengths must not grow it without end
+
+
 def _block_args(lo: int, hi: int, dtype: torch.dtype) -> dict:
     # the first block is square and starts at 0, where the kernel's own (top-left) causal flag is right
-    return {"is_causal": True} if lo == 0 else {"is_causal": False, "attn_mask": _mask(lo, hi, dtype)}
+    if lo == 0:
+        return {"is_causal": True}
+    # under a dispatch mode (fake tensors sizing the memory) the mask is the mode's own and is not
+    # kept: a cached fake mask would break the real run after it
+    return {"is_causal": False, "attn_mask": _new_mask(lo, hi, dtype) if dispatch_mode_active() else _mask(lo, hi, dtype)}
 
 
 class _BlockCausal(torch.autograd.Function):
