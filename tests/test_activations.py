@@ -199,12 +199,10 @@ def test_sizing_on_either_attention_path_counts_as_real_and_leaves_the_real_run_
     backward after it."""
     from torch._subclasses.fake_tensor import FakeTensor
 
-    from modulm.functional import cpu_matmul
     from modulm_transformer import cpu_attention
 
     monkeypatch.setattr(cpu_attention, "cpu_vendor", lambda: vendor)
     cpu_attention._mask.cache_clear()
-    cpu_matmul.onednn_available.cache_clear()
     cpu32 = lambda: autocast(CPU, "float32")  # noqa: E731
     torch.manual_seed(0)
     real = TransformerLM(64, 128, 32, 2, 2, 64)
@@ -220,21 +218,16 @@ def test_sizing_on_either_attention_path_counts_as_real_and_leaves_the_real_run_
 
 
 def test_a_probe_cached_under_fake_tensors_answers_as_a_real_one():
+    from modulm import activations
     from modulm.functional import cpu_matmul
 
     cpu_matmul.onednn_available.cache_clear()
     want = cpu_matmul.onednn_available()
     cpu_matmul.onednn_available.cache_clear()
-    fake, no_data = activations_modes()
+    fake, no_data = activations._fake_modes()
     with fake, no_data:
         assert cpu_matmul.onednn_available() == want
     assert cpu_matmul.onednn_available() == want
-
-
-def activations_modes():
-    from modulm import activations
-
-    return activations._fake_modes()
 
 
 def test_modulm_run_trains_after_sizing_on_the_query_block_attention(tmp_path, capsys, monkeypatch):
