@@ -215,3 +215,38 @@ def qk_norm_after_rope(*, d_model: int, num_heads: int, context_length: int, pos
 def test_attention_check_rejects_qk_norm_applied_after_rope():
     with pytest.raises(AssertionError, match="not relative"):
         check_attention(qk_norm_after_rope)
+
+
+_OFFSETS: dict[int, torch.Tensor] = {}  # the mutant's cache, across calls and instances
+
+
+class CachesAcrossCallsModel(PerEmbeddingModel):
+    """A correct model that keeps a per-length tensor between calls; ``dispatch_safe=False`` keeps
+    the one made during the fake sizing pass too, which the real run then trips over."""
+
+    def __init__(self, context_length: int = 8, dispatch_safe: bool = True, *, vocab_size: int):
+        super().__init__(context_length, vocab_size=vocab_size)
+        self.dispatch_safe = dispatch_safe
+
+    def forward(self, token_ids, *, targets=None):
+        from modulm.functional.plain import dispatch_mode_active
+
+        length = token_ids.shape[-1]
+        offset = _OFFSETS.get(length)
+        if offset is None:
+            offset = torch.zeros(length, 1)
+            if not (self.dispatch_safe and dispatch_mode_active()):
+                _OFFSETS[length] = offset
+        logits = self.embedding(token_ids) + offset
+        if targets is None:
+            return logits
+        return nn.functional.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+
+
+def test_model_check_rejects_a_tensor_cached_during_the_fake_sizing_pass():
+    _OFFSETS.clear()
+    check_model(CachesAcrossCallsModel)
+    _OFFSETS.clear()
+    with pytest.raises(AssertionError, match="after the sizing pass on fake tensors the real model fails"):
+        check_model(CachesAcrossCallsModel, {"dispatch_safe": False})
+    _OFFSETS.clear()

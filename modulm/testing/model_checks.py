@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from modulm.functional.plain import is_fake
 from modulm.kinds import INTERFACES, takes_targets
 from modulm.testing._build import component_builder, describe, part_builders
 from modulm.testing._torch import (check_causal, check_deterministic, check_gradients, check_module,
@@ -212,6 +213,7 @@ def check_model(component: str | Callable[..., Any], config: Mapping[str, Any] |
     context = int(model.context_length)
     assert context >= 1, f"{label}: context_length attribute is {context}"
     length = min(context, 8)
+    _check_after_sizing(label, build, model, randint(seed + 1, vocab_size, 1, context))  # the longest paths
     with torch.no_grad():
         for shape in ((length,), (2, length), (2, 1, length), (1, 1), (1, context)):
             ids = randint(seed, vocab_size, *shape)
@@ -235,6 +237,33 @@ def check_model(component: str | Callable[..., Any], config: Mapping[str, Any] |
     check_gradients(label, model, loss)
     if takes_targets(model):
         _check_loss_in_forward(label, model, ids, targets, loss)
+
+
+def _check_after_sizing(label: str, build: Callable[[], Any], model: Any, ids: torch.Tensor) -> None:
+    """``modulm run`` first runs a copy of the model built on the meta device on fake tensors (the
+    activation sizing, :mod:`modulm.activations`), then trains the real one: its first forward and
+    backward pass, after that one, must work (nothing it caches between calls may be a fake tensor).
+    A model that cannot be built on the meta device, or run on fake tensors, is not sized, so passes."""
+    from modulm.activations import saved_activation_bytes
+    from modulm.runtime import autocast
+
+    cpu = torch.device("cpu")
+    try:
+        with torch.device("meta"):
+            meta = build()
+    except Exception:
+        return
+    saved_activation_bytes(meta, ids.shape[0], ids.shape[1], cpu, lambda: autocast(cpu, "float32"))
+    hint = ("a tensor kept between calls must not be made under a dispatch mode "
+            "(see modulm.functional.plain.dispatch_mode_active)")
+    try:
+        logits = model(ids)
+        logits.float().sum().backward()
+        failure = "gives fake logits" if is_fake(logits) else None
+    except Exception as error:
+        raise AssertionError(f"{label}: after the sizing pass on fake tensors the real model fails ({error}); {hint}") from error
+    assert failure is None, f"{label}: after the sizing pass on fake tensors the real model fails ({failure}); {hint}"
+    model.zero_grad(set_to_none=True)
 
 
 def _check_loss_in_forward(label: str, model: Any, ids: torch.Tensor, targets: torch.Tensor, want: torch.Tensor) -> None:
