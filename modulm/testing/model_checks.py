@@ -254,15 +254,14 @@ def _check_after_sizing(label: str, build: Callable[[], Any], model: Any, ids: t
     except Exception:
         return
     saved_activation_bytes(meta, ids.shape[0], ids.shape[1], cpu, lambda: autocast(cpu, "float32"))
-    hint = ("a tensor kept between calls must not be made under a dispatch mode "
-            "(see modulm.functional.plain.dispatch_mode_active)")
+    fails = f"{label}: after the sizing pass on fake tensors the real model fails"
+    hint = "a tensor kept between calls must not be made under a dispatch mode (see modulm.functional.plain.dispatch_mode_active)"
     try:
         logits = model(ids)
         logits.float().sum().backward()
-        failure = "gives fake logits" if is_fake(logits) else None
     except Exception as error:
-        raise AssertionError(f"{label}: after the sizing pass on fake tensors the real model fails ({error}); {hint}") from error
-    assert failure is None, f"{label}: after the sizing pass on fake tensors the real model fails ({failure}); {hint}"
+        raise AssertionError(f"{fails} ({error}); {hint}") from error
+    assert not is_fake(logits), f"{fails} (gives fake logits); {hint}"
     model.zero_grad(set_to_none=True)
 
 
